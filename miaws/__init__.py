@@ -1,0 +1,39 @@
+"""miaws: a standalone real-time WebSocket server with plugin message types.
+
+The public API is the wire protocol, :data:`hookimpl`, the hooks in :mod:`miaws.hookspecs`,
+and the names exported here.
+"""
+
+from miaws.dispatch import Context
+from miaws.errors import (
+    CloseCode,
+    Forbidden,
+    InvalidJSON,
+    InvalidMessage,
+    MessageError,
+    MiawsError,
+    NotInRoom,
+    RateLimited,
+    UnknownType,
+)
+from miaws.hookspecs import hookimpl
+from miaws.types import Client, MessageType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "hookimpl",
+    "MessageType",
+    "Context",
+    "Client",
+    "CloseCode",
+    "MiawsError",
+    "MessageError",
+    "InvalidJSON",
+    "InvalidMessage",
+    "UnknownType",
+    "NotInRoom",
+    "RateLimited",
+    "Forbidden",
+    "__version__",
+]

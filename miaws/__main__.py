@@ -1,0 +1,5 @@
+"""``python -m miaws`` is the ``miaws`` command."""
+
+from miaws.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""Building the Tornado application from a :class:`Service`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tornado.web
+
+from miaws.httpapi import ClientsHandler, HealthHandler, PluginsHandler, RoomsHandler
+from miaws.service import Service
+from miaws.ws import WebSocketEndpoint
+
+__all__ = ["make_app"]
+
+
+def tornado_settings(service: Service) -> dict[str, Any]:
+    """Our settings mapped onto Tornado's own."""
+    s = service.settings
+    return {
+        "websocket_ping_interval": s.heartbeat.interval or None,
+        "websocket_ping_timeout": s.heartbeat.timeout if s.heartbeat.interval else None,
+        "websocket_max_message_size": s.limits.max_message_bytes,
+    }
+
+
+def make_app(service: Service) -> tornado.web.Application:
+    kw = {"service": service}
+    routes: list[Any] = [
+        (service.settings.server.ws_path, WebSocketEndpoint, kw),
+        (r"/health", HealthHandler, kw),
+        (r"/api/clients", ClientsHandler, kw),
+        (r"/api/rooms", RoomsHandler, kw),
+        (r"/api/plugins", PluginsHandler, kw),
+    ]
+    return tornado.web.Application(routes, **tornado_settings(service))

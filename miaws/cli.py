@@ -1,0 +1,139 @@
+"""The ``miaws`` command: ``serve``, ``health``, ``check``.
+
+Exit codes: 0 success, 1 a check failed, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from miaws.config import ConfigError, Settings, config_path, load_settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("miaws")
+
+
+def default_url() -> str:
+    return f"ws://127.0.0.1:{os.environ.get('PORT') or 3001}/ws"
+
+
+def setup_logging(settings: Settings) -> None:
+    level = getattr(logging, settings.logging.level.upper())
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    # One line per HTTP request (and per WebSocket upgrade) is noise below debug.
+    logging.getLogger("tornado.access").setLevel(max(level, logging.WARNING))
+
+
+async def serve(settings: Settings) -> None:
+    from miaws.app import make_app
+    from miaws.service import Service
+
+    service = Service.from_settings(settings)
+    app = make_app(service)
+    server = app.listen(settings.server.port, address=settings.server.host, backlog=1024)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "miaws listening on http://%s:%d (WebSocket at %s), plugins: %s",
+        settings.server.host,
+        settings.server.port,
+        settings.server.ws_path,
+        ", ".join(settings.plugins.enabled),
+    )
+    await stop.wait()
+    log.info("shutting down: closing %d connections with 1001", service.connected_count())
+    service.shutting_down = True
+    server.stop()
+    for client in list(service.hub.clients()):
+        client.close(1001, "server shutting down")
+    for _ in range(40):  # up to 2 s for the close handshakes
+        if service.connected_count() == 0:
+            break
+        await asyncio.sleep(0.05)
+    await server.close_all_connections()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(config_path(args.config))
+        if args.port is not None:
+            settings = _with_port(settings, args.port)
+        setup_logging(settings)
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"miaws: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"miaws: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _with_port(settings: Settings, port: int) -> Settings:
+    import dataclasses
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port has value {port}; expected a port number from 1 to 65535")
+    return dataclasses.replace(settings, server=dataclasses.replace(settings.server, port=port))
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from miaws.check import run_health
+
+    ok, line = asyncio.run(run_health(args.url, args.timeout))
+    print(line)
+    return 0 if ok else 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from miaws.check import run_check
+
+    results = asyncio.run(run_check(args.url, args.max_message_bytes, args.timeout))
+    width = max(len(name) for name, _, _ in results)
+    for name, passed, detail in results:
+        print(f"{'PASS' if passed else 'FAIL'}  {name.ljust(width)}  {detail}".rstrip())
+    failed = sum(1 for _, passed, _ in results if not passed)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="miaws", description="A real-time WebSocket server.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the server")
+    s.add_argument(
+        "--config",
+        help="config file (default: $MIAWS_CONFIG, else ./config.yaml "
+        "when present, else built-in defaults)",
+    )
+    s.add_argument("--port", type=int, help="override server.port (and $PORT)")
+    s.set_defaults(func=cmd_serve)
+    h = sub.add_parser("health", help="connect, expect welcome, ping, expect pong")
+    h.add_argument("url", nargs="?", default=default_url())
+    h.add_argument("--timeout", type=float, default=5.0)
+    h.set_defaults(func=cmd_health)
+    c = sub.add_parser("check", help="run every wire-contract scenario against a server")
+    c.add_argument("url", nargs="?", default=default_url())
+    c.add_argument("--timeout", type=float, default=5.0)
+    c.add_argument(
+        "--max-message-bytes", type=int, default=65536, help="the server's limits.max_message_bytes"
+    )
+    c.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

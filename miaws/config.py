@@ -1,0 +1,310 @@
+"""Settings: one table of every key with its default, its help and its environment override.
+
+Precedence is fixed: environment > config file > default.  A file may set only some keys.
+Every problem is a :class:`ConfigError` whose text names the file, the dotted key, the value
+and what was expected, e.g. ``config.yaml: heartbeat.timeout has value 'x'; expected a
+number of seconds``.  ``docs/configuration.md`` documents every key (a test checks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+__all__ = ["Settings", "ConfigError", "load_settings", "settings_table", "BUILTIN_PLUGINS"]
+
+BUILTIN_PLUGINS = ("ping", "echo", "broadcast", "rooms")
+
+
+class ConfigError(Exception):
+    """A configuration problem; its text is one line meant for the operator."""
+
+
+def setting(default: Any, help: str, *, env: str | None = None, expect: str | None = None) -> Any:
+    """Declare one setting: default, one-line help, optional env override and expectation text."""
+    meta = {"help": help, "env": env, "expect": expect}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = setting("0.0.0.0", "Address to listen on.")
+    port: int = setting(
+        3001,
+        "TCP port for HTTP, WebSocket and Socket.IO.",
+        env="PORT",
+        expect="a port number from 1 to 65535",
+    )
+    ws_path: str = setting(
+        "/ws", "URL path of the native WebSocket endpoint.", expect="a URL path starting with '/'"
+    )
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    interval: float = setting(
+        30.0,
+        "Seconds between WebSocket pings; 0 switches it off.",
+        expect="a number of seconds",
+    )
+    timeout: float = setting(
+        30.0,
+        "Seconds to wait for the pong before the client is dead; at most the interval.",
+        expect="a number of seconds",
+    )
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    max_message_bytes: int = setting(
+        65536,
+        "Largest accepted frame in bytes; larger: close 1009.",
+        expect="a positive whole number of bytes",
+    )
+
+
+@dataclass(frozen=True)
+class PluginsSettings:
+    enabled: list[str] = setting(
+        list(BUILTIN_PLUGINS),
+        "Plugin names to enable; all others are blocked.",
+        expect="a list of plugin names",
+    )
+    paths: list[str] = setting(
+        [], "Extra directories whose *.py files are plugins.", expect="a list of directory paths"
+    )
+
+
+@dataclass(frozen=True)
+class SchemasSettings:
+    path: str | None = setting(
+        None,
+        "Directory searched first for <type>.json schema files; "
+        "the bundled schemas are the fallback.",
+        expect="a directory path",
+    )
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: Literal["debug", "info", "warning", "error"] = setting(
+        "info", "Log level.", expect="one of debug, info, warning, error"
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    plugins: PluginsSettings = field(default_factory=PluginsSettings)
+    schemas: SchemasSettings = field(default_factory=SchemasSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    source: str = field(default="defaults", compare=False)
+    """Where the settings came from (file path or 'defaults'), for messages."""
+
+
+def sections() -> dict[str, type]:
+    """Section name -> dataclass of that section."""
+    hints = typing.get_type_hints(Settings)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Settings) if f.name != "source"}
+
+
+def settings_table() -> list[tuple[str, Any, str, str | None]]:
+    """(dotted key, default, help, env) for every setting, for docs and their test."""
+    rows = []
+    for name, cls in sections().items():
+        for f in dataclasses.fields(cls):
+            factory: Any = f.default_factory
+            default = factory() if f.default is dataclasses.MISSING else f.default
+            rows.append((f"{name}.{f.name}", default, f.metadata["help"], f.metadata["env"]))
+    return rows
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is list:
+        return "a list"
+    return {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Return value as type tp, or raise ValueError."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ValueError
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        for arg in typing.get_args(tp):
+            if arg is not type(None):
+                try:
+                    return _coerce(arg, value)
+                except ValueError:
+                    pass
+        raise ValueError
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError
+        return dict(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and isinstance(value, tp):
+        return value
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        built: Any = tp
+        return built(**value)
+    raise ValueError
+
+
+def _build_section(source: str, name: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: {name} has value {values!r}; expected a mapping of settings")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(
+                f"{source}: {name}.{key} is not a known setting (known: {', '.join(known)})"
+            )
+        try:
+            kwargs[key] = _coerce(hints[key], value)
+        except (ValueError, TypeError):
+            expect = known[key].metadata["expect"] or _describe(hints[key])
+            raise ConfigError(
+                f"{source}: {name}.{key} has value {value!r}; expected {expect}"
+            ) from None
+    return cls(**kwargs)
+
+
+def _apply_env(source_env: Mapping[str, str], data: dict[str, dict[str, Any]]) -> None:
+    for name, cls in sections().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            env = f.metadata.get("env")
+            if env and source_env.get(env, "") != "":
+                raw = source_env[env]
+                try:
+                    value: Any = yaml.safe_load(raw) if hints[f.name] is not str else raw
+                    _coerce(hints[f.name], value)
+                except (ValueError, TypeError, yaml.YAMLError):
+                    expect = f.metadata["expect"] or _describe(hints[f.name])
+                    raise ConfigError(
+                        f"environment: {env} (for {name}.{f.name}) has value "
+                        f"{raw!r}; expected {expect}"
+                    ) from None
+                data.setdefault(name, {})[f.name] = value
+
+
+def _validate(s: Settings) -> None:
+    src = s.source
+    if not 1 <= s.server.port <= 65535:
+        raise ConfigError(
+            f"{src}: server.port has value {s.server.port}; expected a port number from 1 to 65535"
+        )
+    if not s.server.ws_path.startswith("/"):
+        raise ConfigError(
+            f"{src}: server.ws_path has value {s.server.ws_path!r}; expected a URL "
+            "path starting with '/'"
+        )
+    hb = s.heartbeat
+    if hb.interval < 0 or hb.timeout < 0:
+        raise ConfigError(f"{src}: heartbeat.interval and heartbeat.timeout must not be negative")
+    if hb.interval > 0 and hb.timeout > hb.interval:
+        raise ConfigError(
+            f"{src}: heartbeat.timeout has value {hb.timeout:g}; expected at most "
+            f"heartbeat.interval ({hb.interval:g}), as Tornado requires"
+        )
+    if s.limits.max_message_bytes < 1:
+        raise ConfigError(
+            f"{src}: limits.max_message_bytes has value {s.limits.max_message_bytes};"
+            " expected a positive whole number of bytes"
+        )
+
+
+def build_settings(
+    data: Mapping[str, Any] | None,
+    *,
+    source: str = "defaults",
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from a parsed mapping (as from YAML) plus the environment, validated."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{source}: the file must hold a mapping of sections, not {type(data).__name__}"
+        )
+    known = sections()
+    merged: dict[str, dict[str, Any]] = {}
+    for name, values in data.items():
+        if name not in known:
+            raise ConfigError(
+                f"{source}: {name} is not a known section (known: {', '.join(known)})"
+            )
+        if values is None:
+            values = {}
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{source}: {name} has value {values!r}; expected a mapping")
+        merged[name] = dict(values)
+    _apply_env(os.environ if environ is None else environ, merged)
+    built = {
+        name: _build_section(source, name, cls, merged.get(name, {})) for name, cls in known.items()
+    }
+    settings = Settings(**built, source=source)
+    _validate(settings)
+    return settings
+
+
+def config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """--config, else MIAWS_CONFIG, else ./config.yaml when present, else None (defaults)."""
+    env = os.environ if environ is None else environ
+    chosen = explicit or env.get("MIAWS_CONFIG") or None
+    if chosen:
+        return Path(chosen)
+    local = Path("config.yaml")
+    return local if local.is_file() else None
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a config file (None: defaults only), applying the environment."""
+    if path is None:
+        return build_settings({}, environ=environ)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}") from None
+    return build_settings(data, source=source, environ=environ)

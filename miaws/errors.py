@@ -1,0 +1,132 @@
+"""Errors that reach a client, and the close codes miaws uses.
+
+Hierarchy::
+
+    MiawsError
+    └── MessageError            a message was refused; the client gets an ``error`` reply
+        ├── InvalidJSON         code ``invalid-json``: the frame is not JSON
+        ├── InvalidMessage      code ``invalid-message``: not an object, no string type, bad id,
+        │                       or the type's schema rejects it (``details`` names the path)
+        ├── UnknownType         code ``unknown-type``: no enabled plugin handles the type
+        ├── NotInRoom           code ``not-in-room``: the client is not a member of the room
+        ├── RateLimited         code ``rate-limited``: too many messages
+        └── Forbidden           code ``forbidden``: a plugin or the auth policy denied it
+
+A plugin raises one of these from its handler; the core turns it into the reply.  The
+connection stays open.  Any other exception from a handler closes the connection with 1011.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, ClassVar
+
+__all__ = [
+    "MiawsError",
+    "MessageError",
+    "InvalidJSON",
+    "InvalidMessage",
+    "UnknownType",
+    "NotInRoom",
+    "RateLimited",
+    "Forbidden",
+    "CloseCode",
+    "close_meaning",
+    "ERROR_CODES",
+]
+
+
+class MiawsError(Exception):
+    """Base of every miaws exception."""
+
+
+class MessageError(MiawsError):
+    """A refused message. ``code`` is the wire error code; ``details`` is optional JSON."""
+
+    code: ClassVar[str] = "invalid-message"
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(code={self.code!r}, message={self.message!r}, "
+            f"details={self.details!r})"
+        )
+
+
+class InvalidJSON(MessageError):
+    code = "invalid-json"
+
+
+class InvalidMessage(MessageError):
+    code = "invalid-message"
+
+
+class UnknownType(MessageError):
+    code = "unknown-type"
+
+
+class NotInRoom(MessageError):
+    code = "not-in-room"
+
+    def __init__(self, room: str) -> None:
+        super().__init__(f"Not a member of room {room}", None)
+
+
+class RateLimited(MessageError):
+    code = "rate-limited"
+
+
+class Forbidden(MessageError):
+    code = "forbidden"
+
+
+ERROR_CODES = tuple(
+    c.code for c in (InvalidJSON, InvalidMessage, UnknownType, NotInRoom, RateLimited, Forbidden)
+)
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes (RFC 6455 section 7.4.1) that miaws sends or reports."""
+
+    NORMAL_CLOSURE = 1000
+    GOING_AWAY = 1001
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS_RECEIVED = 1005
+    ABNORMAL_CLOSURE = 1006
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+_MEANINGS = {
+    1000: "normal closure",
+    1001: "going away (server shutdown or page left)",
+    1002: "protocol error",
+    1003: "unsupported data (binary frame)",
+    1005: "no status received (normal when a tab closes or the network drops)",
+    1006: "abnormal closure (connection lost without a close frame)",
+    1007: "invalid frame payload data",
+    1008: "policy violation",
+    1009: "message too big",
+    1010: "mandatory extension",
+    1011: "internal error",
+    1012: "service restart",
+    1013: "try again later",
+}
+
+
+def close_meaning(code: int) -> str:
+    """A short human-readable meaning of a close code."""
+    if code in _MEANINGS:
+        return _MEANINGS[code]
+    if 3000 <= code <= 4999:
+        return "application-defined"
+    return "unknown"

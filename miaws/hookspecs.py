@@ -1,0 +1,83 @@
+"""The plugin author's reference: every hook miaws calls, with its arguments and return.
+
+A plugin is a module (or object) with functions decorated ``@hookimpl``, whose names match
+these specs.  Argument names must match too; a plugin may accept fewer arguments.  A plugin
+that misspells a hook name stops start-up (``check_pending``).  ``docs/plugins.md`` has a
+complete worked example.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from miaws.types import Client, MessageType
+
+__all__ = ["hookspec", "hookimpl"]
+
+hookspec = pluggy.HookspecMarker("miaws")
+hookimpl = pluggy.HookimplMarker("miaws")
+
+
+# ---------------------------------------------------------------- registration
+
+
+@hookspec
+def register_message_types() -> list[MessageType]:
+    """Return the client message types this plugin handles.
+
+    Called once at start-up (and again on a config reload).  Two plugins claiming the same
+    type stop start-up with both plugin names.
+
+    :return: a list of :class:`miaws.MessageType`.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def startup(service: Any) -> None:
+    """Called once when the server has been built, before it accepts connections.
+
+    :param service: the :class:`miaws.service.Service` (hub, settings, counts).
+    """
+
+
+# ---------------------------------------------------------------- connection lifecycle
+
+
+@hookspec
+def client_connected(client: Client) -> None:
+    """A client connected (after the ``welcome`` was sent).
+
+    :param client: the new :class:`miaws.Client`; ``client.transport`` says ``ws`` or
+        ``socket.io``.
+    """
+
+
+@hookspec
+def client_disconnected(client: Client, code: int, reason: str) -> None:
+    """A client disconnected and was removed from the hub.
+
+    :param client: the client, with the rooms it was in still listed in ``client.rooms``.
+    :param code: the close code (1000, 1001, 1005, 1006, 1011, ...).
+    :param reason: a short description (``"dead: missed heartbeat"``, a close reason, ...).
+    """
+
+
+# ---------------------------------------------------------------- authorisation
+
+
+@hookspec(firstresult=True)
+def authorize_message(client: Client, message: dict[str, Any]) -> bool | None:
+    """Allow or deny one valid message before its handler runs (``join-room`` included).
+
+    Stops at first non-None result.
+
+    :param client: the sender.
+    :param message: the message, already checked against its schema.
+    :return: ``False`` to deny (the client gets error ``forbidden``), ``True`` to allow
+        without asking further plugins, ``None`` to have no opinion.  A plugin may also
+        raise :class:`miaws.Forbidden` with its own message.
+    """

@@ -1,0 +1,112 @@
+"""The hub: every connected client and every room, shared by all transports.
+
+Its interface follows Django Channels' channel layer (``group_add`` / ``group_discard`` /
+``group_send``) plus the registry queries operators need.  :class:`MemoryHub` is the
+single-process implementation; another backend (Redis) implements the same methods, so no
+handler changes.  A broadcast is serialised once (:class:`Encoded`) and the same bytes go to
+every recipient.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from miaws.types import Client, Encoded
+
+__all__ = ["Hub", "MemoryHub", "ROOM_NAME", "valid_room"]
+
+ROOM_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def valid_room(name: object) -> bool:
+    """True for 1 to 64 characters of ``[A-Za-z0-9_.:-]``."""
+    return isinstance(name, str) and ROOM_NAME.fullmatch(name) is not None
+
+
+class Hub(Protocol):
+    """What the core and the transports need of a hub."""
+
+    def add(self, client: Client) -> None: ...
+    def remove(self, client: Client) -> None: ...
+    def group_add(self, room: str, client: Client) -> bool: ...
+    def group_discard(self, room: str, client: Client) -> bool: ...
+    def group_send(self, room: str | None, payload: dict[str, Any]) -> int: ...
+    def is_member(self, room: str, client: Client) -> bool: ...
+    def count(self) -> int: ...
+    def clients(self) -> Iterable[Client]: ...
+    def rooms(self) -> dict[str, int]: ...
+
+
+class MemoryHub:
+    """Clients and rooms of this process."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, Client] = {}
+        self._rooms: dict[str, dict[Client, None]] = {}  # insertion-ordered member sets
+
+    # registry
+    def add(self, client: Client) -> None:
+        self._clients[client.client_id] = client
+
+    def remove(self, client: Client) -> None:
+        """Forget a client and take it out of every room (empty rooms disappear)."""
+        self._clients.pop(client.client_id, None)
+        for room in list(client.rooms):
+            self.group_discard(room, client)
+
+    def count(self) -> int:
+        return len(self._clients)
+
+    def clients(self) -> Iterable[Client]:
+        return list(self._clients.values())
+
+    def get(self, client_id: str) -> Client | None:
+        return self._clients.get(client_id)
+
+    # rooms
+    def group_add(self, room: str, client: Client) -> bool:
+        """Add client to room; False if it was a member already."""
+        members = self._rooms.setdefault(room, {})
+        if client in members:
+            return False
+        members[client] = None
+        client.rooms.add(room)
+        return True
+
+    def group_discard(self, room: str, client: Client) -> bool:
+        """Take client out of room; False if it was not a member."""
+        members = self._rooms.get(room)
+        if members is None or client not in members:
+            return False
+        del members[client]
+        client.rooms.discard(room)
+        if not members:
+            del self._rooms[room]
+        return True
+
+    def is_member(self, room: str, client: Client) -> bool:
+        members = self._rooms.get(room)
+        return members is not None and client in members
+
+    def members(self, room: str) -> list[Client]:
+        return list(self._rooms.get(room, ()))
+
+    def rooms(self) -> dict[str, int]:
+        return {name: len(members) for name, members in self._rooms.items()}
+
+    def group_send(self, room: str | None, payload: dict[str, Any]) -> int:
+        """Deliver payload to a room's members, or to every client when room is None.
+
+        Returns the number of recipients.  The payload is serialised once.
+        """
+        targets: list[Client]
+        if room is None:
+            targets = list(self._clients.values())
+        else:
+            targets = list(self._rooms.get(room, ()))
+        message = Encoded(payload)
+        for client in targets:
+            client.deliver(message)
+        return len(targets)

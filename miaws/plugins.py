@@ -1,0 +1,191 @@
+"""Finding, enabling and registering plugins, and building the message-type registry.
+
+Plugins come from three places and take one path through :func:`load_plugins`:
+the bundled ``plugins/`` directory (the built-in types), the directories in
+``plugins.paths`` (one ``*.py`` file per plugin, named by its file stem), and installed
+packages that declare an entry point in the ``miaws`` group (named by the entry point).
+Only names listed in ``plugins.enabled`` are imported and registered; the rest are blocked,
+like pytest's ``-p no:NAME``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+from pluggy import HookImpl
+
+from miaws import hookspecs
+from miaws.config import ConfigError, Settings
+from miaws.schemas import Schema, load_schema
+from miaws.types import MessageType
+
+__all__ = [
+    "Registry",
+    "load_plugins",
+    "build_registry",
+    "bundled_plugins_dir",
+    "bundled_schemas_dir",
+]
+
+ENTRY_POINT_GROUP = "miaws"
+
+
+def bundled_plugins_dir() -> Path:
+    return Path(str(importlib.resources.files("miaws.bundled_plugins")))
+
+
+def bundled_schemas_dir() -> Path:
+    return Path(str(importlib.resources.files("miaws.bundled_schemas")))
+
+
+def _module_from_path(name: str, path: Path) -> ModuleType:
+    module_name = f"miaws_plugin_{name}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def discover(settings: Settings) -> dict[str, Callable[[], Any]]:
+    """Plugin name -> loader, for every plugin that could be enabled.  Nothing is imported."""
+    found: dict[str, Callable[[], Any]] = {}
+    directories = [bundled_plugins_dir()] + [Path(p) for p in settings.plugins.paths]
+    for directory in directories:
+        if not directory.is_dir():
+            raise ConfigError(
+                f"{settings.source}: plugins.paths has value '{directory}'; "
+                "expected a directory that exists"
+            )
+        for path in sorted(directory.glob("*.py")):
+            if not path.stem.startswith("_"):
+                found[path.stem] = functools.partial(_module_from_path, path.stem, path)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.load)
+    return found
+
+
+def load_plugins(settings: Settings) -> pluggy.PluginManager:
+    """A plugin manager with exactly the enabled plugins registered and checked."""
+    pm = pluggy.PluginManager("miaws")
+    pm.add_hookspecs(hookspecs)
+    available = discover(settings)
+    missing = [n for n in settings.plugins.enabled if n not in available]
+    if missing:
+        raise ConfigError(
+            f"{settings.source}: plugins.enabled has value '{missing[0]}'; expected "
+            f"the name of an available plugin ({', '.join(sorted(available))})"
+        )
+    for name in available:
+        if name not in settings.plugins.enabled:
+            pm.set_blocked(name)
+    for name in settings.plugins.enabled:
+        try:
+            plugin = available[name]()
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"plugin {name!r} failed to import: {type(exc).__name__}: {exc}"
+            ) from None
+        pm.register(plugin, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError(f"plugin {pm.get_name(exc.plugin)!r}: {exc}") from None
+    if os.environ.get("MIAWS_TRACE_PLUGINS") == "1":
+        _trace(pm)
+    return pm
+
+
+def _trace(pm: pluggy.PluginManager) -> None:
+    def before(hook_name: str, impls: Sequence[HookImpl], kwargs: Mapping[str, Any]) -> None:
+        print(
+            f"miaws: hook {hook_name}({', '.join(kwargs)}) -> {[i.plugin_name for i in impls]}",
+            file=sys.stderr,
+        )
+
+    def after(outcome: Any, hook_name: str, impls: Any, kwargs: Any) -> None:
+        pass
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+@dataclass(frozen=True)
+class BoundType:
+    """A message type with its compiled schema and the plugin that provides it."""
+
+    descriptor: MessageType
+    schema: Schema
+    plugin: str
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Everything the dispatch core needs from plugins, built at start-up and on reload."""
+
+    pm: pluggy.PluginManager
+    types: dict[str, BoundType]
+
+    @property
+    def has_authorizers(self) -> bool:
+        return bool(self.pm.hook.authorize_message.get_hookimpls())
+
+    def plugins_info(self) -> list[dict[str, Any]]:
+        out = []
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:
+                continue
+            out.append(
+                {
+                    "name": name,
+                    "hooks": sorted(h.name for h in self.pm.get_hookcallers(plugin) or []),
+                    "messageTypes": sorted(t for t, b in self.types.items() if b.plugin == name),
+                    "version": getattr(plugin, "__version__", None),
+                }
+            )
+        return out
+
+
+def build_registry(settings: Settings) -> Registry:
+    """Load plugins, collect their message types and compile every schema."""
+    pm = load_plugins(settings)
+    directories = ([Path(settings.schemas.path)] if settings.schemas.path else []) + [
+        bundled_schemas_dir()
+    ]
+    if settings.schemas.path and not directories[0].is_dir():
+        raise ConfigError(
+            f"{settings.source}: schemas.path has value '{settings.schemas.path}'; "
+            "expected a directory that exists"
+        )
+    types: dict[str, BoundType] = {}
+    for impl in pm.hook.register_message_types.get_hookimpls():
+        descriptors: Any = impl.function() or []
+        for descriptor in descriptors:
+            if not isinstance(descriptor, MessageType):
+                raise ConfigError(
+                    f"plugin {impl.plugin_name!r}: register_message_types must "
+                    f"return MessageType objects, got {descriptor!r}"
+                )
+            if descriptor.type in types:
+                other = types[descriptor.type].plugin
+                raise ConfigError(
+                    f"message type {descriptor.type!r} is claimed by two plugins: "
+                    f"{other!r} and {impl.plugin_name!r}"
+                )
+            schema = load_schema(descriptor.type, descriptor.schema, directories)
+            types[descriptor.type] = BoundType(descriptor, schema, impl.plugin_name)
+    return Registry(pm, types)

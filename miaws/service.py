@@ -1,0 +1,126 @@
+"""The service: settings, plugins, hub and dispatcher of one running server, in one object.
+
+Transports call :meth:`Service.connect`, :meth:`Service.deliver` and
+:meth:`Service.disconnect`; operators' endpoints read :meth:`connected_count`,
+:meth:`clients_info` and :meth:`rooms_info`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from miaws.clock import Clock
+from miaws.config import Settings
+from miaws.dispatch import Dispatcher
+from miaws.errors import close_meaning
+from miaws.hub import Hub, MemoryHub
+from miaws.plugins import Registry, build_registry
+from miaws.types import Client, Outgoing
+
+__all__ = ["Service"]
+
+log = logging.getLogger("miaws")
+
+
+class Service:
+    """One miaws server's state.  Build it with :meth:`from_settings`."""
+
+    def __init__(
+        self, settings: Settings, registry: Registry, hub: Hub, clock: Clock | None = None
+    ) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.clock = clock or Clock()
+        self.dispatcher = Dispatcher(registry, hub, self.clock)
+        self.started = time.time()
+        self.shutting_down = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Service:
+        """Load plugins and schemas (ConfigError on any problem) and call ``startup``."""
+        service = cls(settings, build_registry(settings), MemoryHub(), clock)
+        service.hooks.startup(service=service)
+        return service
+
+    @property
+    def registry(self) -> Registry:
+        return self.dispatcher.registry
+
+    @property
+    def hooks(self) -> Any:
+        return self.dispatcher.registry.pm.hook
+
+    # ------------------------------------------------------------ lifecycle
+    def welcome(self, client: Client) -> dict[str, Any]:
+        return {
+            "type": "welcome",
+            "clientId": client.client_id,
+            "message": "Connected to WebSocket server",
+            "timestamp": self.clock.timestamp(),
+        }
+
+    def connect(self, client: Client) -> None:
+        """Register client, send its welcome, tell the plugins."""
+        self.hub.add(client)
+        client.send(self.welcome(client))
+        log.debug(
+            "client connected clientId=%s transport=%s remote=%s",
+            client.client_id,
+            client.transport,
+            client.remote_ip,
+        )
+        self.hooks.client_connected(client=client)
+
+    def disconnect(self, client: Client, code: int, reason: str = "") -> None:
+        """Remove client from the hub, log one line, tell the plugins."""
+        rooms = sorted(client.rooms)
+        self.hub.remove(client)
+        client.rooms.update(rooms)  # the hook and the log still see where it was
+        duration = time.monotonic() - client.started
+        note = f" {reason}" if reason else ""
+        level = logging.WARNING if reason.startswith("dead") or code == 1011 else logging.INFO
+        log.log(
+            level,
+            "client disconnected clientId=%s transport=%s code=%d (%s)%s duration=%.1fs rooms=[%s]",
+            client.client_id,
+            client.transport,
+            code,
+            close_meaning(code),
+            note,
+            duration,
+            ",".join(rooms),
+        )
+        self.hooks.client_disconnected(client=client, code=code, reason=reason)
+
+    def new_client_id(self) -> str:
+        return self.clock.new_client_id()
+
+    # ------------------------------------------------------------ delivery
+    def deliver(self, client: Client, outgoing: list[Outgoing]) -> None:
+        """Send what the dispatcher produced: replies to client, broadcasts through the hub."""
+        for out in outgoing:
+            if out.broadcast:
+                self.hub.group_send(out.room, out.payload)
+            else:
+                client.send(out.payload)
+
+    # ------------------------------------------------------------ registry views
+    def connected_count(self) -> int:
+        return self.hub.count()
+
+    def clients_info(self) -> list[dict[str, Any]]:
+        return [c.info() for c in self.hub.clients()]
+
+    def rooms_info(self) -> dict[str, int]:
+        return self.hub.rooms()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "connections": self.connected_count(),
+            "rooms": len(self.rooms_info()),
+            "uptime": round(time.time() - self.started, 3),
+            "timestamp": self.clock.timestamp(),
+        }

@@ -1,0 +1,147 @@
+"""Small shared types: the message-type descriptor, a connected client, an outgoing message."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from miaws.dispatch import Context
+
+__all__ = ["MessageType", "Handler", "Client", "Outgoing", "Encoded", "encode_json"]
+
+Reply = dict[str, Any] | None
+Handler = Callable[["Context", dict[str, Any]], "Reply | Awaitable[Reply]"]
+"""``handler(ctx, message)``: may reply through ``ctx`` or return the reply dict; may be async."""
+
+
+@dataclass(frozen=True)
+class MessageType:
+    """What a plugin returns from ``register_message_types``: one client message type.
+
+    :param type: the ``type`` string clients send (case-sensitive).
+    :param handler: ``handler(ctx, message)``; see :class:`miaws.dispatch.Context`.
+    :param schema: ``None`` to use ``<type>.json`` from the schema directories, a file name
+        to look up there, or an inline JSON Schema dict.
+    :param description: one line for documentation and ``/api/plugins``.
+    """
+
+    type: str
+    handler: Handler
+    schema: str | dict[str, Any] | None = None
+    description: str = ""
+
+
+def encode_json(payload: dict[str, Any]) -> str:
+    """The one JSON encoding miaws sends: compact, UTF-8 kept as is."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+class Encoded:
+    """A message serialised once, for any number of recipients and transports."""
+
+    __slots__ = ("payload", "text", "_frame")
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+        self.text = encode_json(payload)
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        """The unmasked WebSocket text frame (built once, on first use)."""
+        if self._frame is None:
+            data = self.text.encode()
+            n = len(data)
+            if n < 126:
+                head = bytes((0x81, n))
+            elif n < 65536:
+                head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+            else:
+                head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+            self._frame = head + data
+        return self._frame
+
+
+class Outgoing(NamedTuple):
+    """What the dispatch core asks a transport to send: a reply, or a broadcast."""
+
+    payload: dict[str, Any]
+    broadcast: bool = False
+    room: str | None = None  # with broadcast: None means every client
+
+
+class Client:
+    """A connected client, whatever its transport.  Transports subclass it and implement
+    :meth:`send` and :meth:`deliver`; handlers only ever see this interface."""
+
+    __slots__ = (
+        "client_id",
+        "transport",
+        "remote_ip",
+        "user_agent",
+        "connected_at",
+        "started",
+        "rooms",
+        "messages_in",
+        "messages_out",
+        "user",
+        "namespace",
+        "allowed_rooms",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        client_id: str,
+        transport: str,
+        *,
+        remote_ip: str = "",
+        user_agent: str = "",
+        connected_at: str = "",
+        namespace: str = "/",
+    ) -> None:
+        self.client_id = client_id
+        self.transport = transport
+        self.remote_ip = remote_ip
+        self.user_agent = user_agent
+        self.connected_at = connected_at
+        self.started = time.monotonic()
+        self.rooms: set[str] = set()
+        self.messages_in = 0
+        self.messages_out = 0
+        self.user: str | None = None
+        self.namespace = namespace
+        self.allowed_rooms: frozenset[str] | None = None  # None: any room
+
+    def send(self, payload: dict[str, Any]) -> None:
+        """Send one message to this client alone."""
+        self.deliver(Encoded(payload))
+
+    def deliver(self, message: Encoded) -> None:
+        """Send an already encoded message (shared by many recipients)."""
+        raise NotImplementedError
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close the connection with a WebSocket close code."""
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        """The registry view of this client, as ``/api/clients`` shows it."""
+        return {
+            "clientId": self.client_id,
+            "transport": self.transport,
+            "remoteAddress": self.remote_ip,
+            "userAgent": self.user_agent,
+            "connectedAt": self.connected_at,
+            "rooms": sorted(self.rooms),
+            "messagesIn": self.messages_in,
+            "messagesOut": self.messages_out,
+            "user": self.user,
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.client_id} {self.transport}>"

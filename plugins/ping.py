@@ -1,0 +1,14 @@
+"""``ping`` -> ``pong``: the application-level liveness check."""
+
+from typing import Any
+
+from miaws import Context, MessageType, hookimpl
+
+
+def handle_ping(ctx: Context, message: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "pong"}
+
+
+@hookimpl
+def register_message_types() -> list[MessageType]:
+    return [MessageType("ping", handle_ping, description="Answers pong.")]
