@@ -1,0 +1,91 @@
+"""Shared fixtures: a real miaws server on an unused 127.0.0.1 port (pytest-tornasync) and
+clients that are closed at teardown.
+
+Settings for one test come from ``@pytest.mark.config({...})`` (the same mapping a config
+file holds).  ``ws_connect()`` opens a :class:`miaws.check.Peer` to the running server and
+has already read its ``welcome``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tornado.web
+from helpers import ServerProcess
+
+from miaws.app import make_app
+from miaws.check import Peer
+from miaws.config import Settings, build_settings
+from miaws.service import Service
+
+ROOT = Path(__file__).resolve().parent.parent
+Connect = Callable[..., Awaitable[Peer]]
+
+
+@pytest.fixture
+def config_data(request: pytest.FixtureRequest) -> dict[str, Any]:
+    marker = request.node.get_closest_marker("config")
+    return dict(marker.args[0]) if marker else {}
+
+
+@pytest.fixture
+def settings(config_data: dict[str, Any]) -> Settings:
+    return build_settings(config_data, source="test", environ={})
+
+
+@pytest.fixture
+def service(settings: Settings) -> Service:
+    return Service.from_settings(settings)
+
+
+@pytest.fixture
+def app(service: Service) -> tornado.web.Application:
+    return make_app(service)
+
+
+@pytest.fixture
+def port(http_server: Any, http_server_port: tuple[socket.socket, int]) -> int:
+    return http_server_port[1]
+
+
+@pytest.fixture
+def ws_url(port: int, settings: Settings) -> str:
+    return f"ws://127.0.0.1:{port}{settings.server.ws_path}"
+
+
+@pytest.fixture
+def ws_connect(ws_url: str) -> Iterator[Connect]:
+    """``await ws_connect()`` -> a Peer that has read its welcome; closed at teardown."""
+    peers: list[Peer] = []
+
+    async def connect(url: str | None = None, **kw: Any) -> Peer:
+        peer = await Peer.connect(url or ws_url, timeout=5.0, **kw)
+        peers.append(peer)
+        return peer
+
+    yield connect
+    for peer in peers:
+        peer.close()
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``miaws serve`` subprocesses; each is killed at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(
+        config_text: str | None = None, env: dict[str, str] | None = None, ready: bool = True
+    ) -> ServerProcess:
+        server = ServerProcess(config_text, tmp_path, env)
+        started.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,72 @@
+"""Test helpers: bounded waiting, free ports, ``miaws serve`` as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["eventually", "free_port", "ServerProcess"]
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until predicate() is true (bounded); fail the test otherwise."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached within the timeout")
+        await asyncio.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """``miaws serve`` in a subprocess on a free 127.0.0.1 port, for CLI and signal tests."""
+
+    def __init__(self, config_text: str | None, tmp_path: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        args = [sys.executable, "-m", "miaws", "serve", "--port", str(self.port)]
+        cfg = tmp_path / f"config-{self.port}.yaml"
+        cfg.write_text(config_text or "server:\n  host: 127.0.0.1\n")
+        args += ["--config", str(cfg)]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.pop("PORT", None)
+        self.log_path = tmp_path / f"server-{self.port}.log"
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path
+        )
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+        self.http = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.output()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"server not ready:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
