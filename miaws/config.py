@@ -307,4 +307,16 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{source}: not valid YAML{where}") from None
-    return build_settings(data, source=source, environ=environ)
+    settings = build_settings(data, source=source, environ=environ)
+    return _resolve_paths(settings, path.parent)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    """Relative directories in a config file are relative to the file, not to the cwd."""
+    plugins = dataclasses.replace(
+        settings.plugins, paths=[str(base / p) for p in settings.plugins.paths]
+    )
+    schemas = settings.schemas
+    if schemas.path is not None:
+        schemas = dataclasses.replace(schemas, path=str(base / schemas.path))
+    return dataclasses.replace(settings, plugins=plugins, schemas=schemas)
