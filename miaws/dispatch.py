@@ -136,6 +136,7 @@ class Dispatcher:
         try:
             message = _loads(text)
         except ValueError:
+            client.messages_in += 1
             return [self.error(InvalidJSON("Message is not valid JSON"))]
         return self.handle_message(client, message)
 
