@@ -38,6 +38,7 @@ async def serve(settings: Settings) -> None:
     from miaws.service import Service
 
     service = Service.from_settings(settings)
+    await service.hub.start()
     app = make_app(service)
     server = app.listen(settings.server.port, address=settings.server.host, backlog=1024)
     stop = asyncio.Event()
@@ -62,6 +63,7 @@ async def serve(settings: Settings) -> None:
             break
         await asyncio.sleep(0.05)
     await server.close_all_connections()
+    await service.hub.close()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -103,6 +104,31 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class BrokerSettings:
+    type: Literal["memory", "redis"] = setting(
+        "memory",
+        "memory: one process; redis: several nodes sharing broadcasts through Redis pub/sub.",
+        expect="one of memory, redis",
+    )
+    url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "Redis URL (redis://, rediss:// or unix://) when broker.type is redis.",
+        env="REDIS_URL",
+        expect="a redis://, rediss:// or unix:// URL",
+    )
+    channel_prefix: str = setting(
+        "miaws",
+        "Prefix of the pub/sub channel and node keys; nodes with the same prefix form a cluster.",
+        expect="1 to 64 characters of [A-Za-z0-9_.:-]",
+    )
+    heartbeat: float = setting(
+        5.0,
+        "Seconds between a node's count updates in Redis; a node silent for 3 is gone.",
+        expect="a positive number of seconds",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
@@ -110,6 +136,7 @@ class Settings:
     plugins: PluginsSettings = field(default_factory=PluginsSettings)
     schemas: SchemasSettings = field(default_factory=SchemasSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
     source: str = field(default="defaults", compare=False)
     """Where the settings came from (file path or 'defaults'), for messages."""
 
@@ -245,6 +272,24 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"{src}: limits.max_message_bytes has value {s.limits.max_message_bytes};"
             " expected a positive whole number of bytes"
+        )
+    _validate_broker(src, s.broker)
+
+
+def _validate_broker(src: str, b: BrokerSettings) -> None:
+    if not b.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"{src}: broker.url has value {b.url!r}; expected a redis://, rediss:// or unix:// URL"
+        )
+    if re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", b.channel_prefix) is None:
+        raise ConfigError(
+            f"{src}: broker.channel_prefix has value {b.channel_prefix!r}; expected 1 to 64 "
+            "characters of [A-Za-z0-9_.:-]"
+        )
+    if b.heartbeat <= 0:
+        raise ConfigError(
+            f"{src}: broker.heartbeat has value {b.heartbeat:g}; expected a positive number "
+            "of seconds"
         )
 
 

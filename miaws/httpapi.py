@@ -7,6 +7,7 @@ from typing import Any
 
 import tornado.web
 
+from miaws.cluster import BrokerUnavailable
 from miaws.service import Service
 
 __all__ = ["JSONHandler", "HealthHandler", "ClientsHandler", "RoomsHandler", "PluginsHandler"]
@@ -31,10 +32,24 @@ class JSONHandler(tornado.web.RequestHandler):
 
 
 class HealthHandler(JSONHandler):
-    """``GET /health``: 200 with ``status`` and ``connections``."""
+    """``GET /health``: 200 with ``status`` and ``connections`` (this node's).
 
-    def get(self) -> None:
-        self.send_json(self.service.health())
+    With the Redis broker it adds ``cluster``: every live node's totals, or
+    ``{"node", "broker": "down"}`` while Redis is unreachable (``status`` is then
+    ``degraded``, still 200: the node serves its own clients).
+    """
+
+    async def get(self) -> None:
+        body = self.service.health()
+        try:
+            view = await self.service.hub.cluster()
+        except BrokerUnavailable as exc:
+            body["status"] = "degraded"
+            body["cluster"] = {"node": exc.node, "broker": "down", "error": str(exc)}
+        else:
+            if view is not None:
+                body["cluster"] = view.summary()
+        self.send_json(body)
 
 
 class ClientsHandler(JSONHandler):
@@ -45,10 +60,23 @@ class ClientsHandler(JSONHandler):
 
 
 class RoomsHandler(JSONHandler):
-    """``GET /api/rooms``: room name -> member count."""
+    """``GET /api/rooms``: room name -> member count on this node;
+    ``?scope=cluster``: on all nodes (503 while the broker is unreachable)."""
 
-    def get(self) -> None:
-        self.send_json(self.service.rooms_info())
+    async def get(self) -> None:
+        scope = self.get_query_argument("scope", "local")
+        if scope == "local":
+            self.send_json(self.service.rooms_info())
+            return
+        if scope != "cluster":
+            self.send_json({"error": f"scope has value {scope!r}; expected local or cluster"}, 400)
+            return
+        try:
+            view = await self.service.hub.cluster()
+        except BrokerUnavailable as exc:
+            self.send_json({"error": f"no cluster view: {exc}"}, 503)
+            return
+        self.send_json(self.service.rooms_info() if view is None else view.rooms())
 
 
 class PluginsHandler(JSONHandler):

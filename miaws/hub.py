@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from miaws.types import Client, Encoded
 
-__all__ = ["Hub", "MemoryHub", "ROOM_NAME", "valid_room"]
+if TYPE_CHECKING:
+    from miaws.cluster import ClusterView
+    from miaws.config import Settings
+
+__all__ = ["Hub", "MemoryHub", "ROOM_NAME", "valid_room", "make_hub"]
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -37,6 +41,26 @@ class Hub(Protocol):
     def count(self) -> int: ...
     def clients(self) -> Iterable[Client]: ...
     def rooms(self) -> dict[str, int]: ...
+
+    # background work (a broker connection) and the cluster-wide view
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def status(self) -> str:
+        """``ok``, or ``degraded`` while broadcasts reach this node's clients only."""
+        ...
+
+    async def cluster(self) -> ClusterView | None:
+        """Every node's counts; None for a single process.  May raise BrokerUnavailable."""
+        ...
+
+
+def make_hub(settings: Settings) -> Hub:
+    """The hub ``broker.type`` asks for (redis is imported only when chosen)."""
+    if settings.broker.type == "redis":
+        from miaws.redis_hub import RedisHub
+
+        return RedisHub.from_settings(settings)
+    return MemoryHub()
 
 
 class MemoryHub:
@@ -101,12 +125,28 @@ class MemoryHub:
 
         Returns the number of recipients.  The payload is serialised once.
         """
+        return self.send_encoded(room, Encoded(payload))
+
+    def send_encoded(self, room: str | None, message: Encoded) -> int:
+        """Deliver an already encoded message to this process's members of room (or all)."""
         targets: list[Client]
         if room is None:
             targets = list(self._clients.values())
         else:
             targets = list(self._rooms.get(room, ()))
-        message = Encoded(payload)
         for client in targets:
             client.deliver(message)
         return len(targets)
+
+    # one process: nothing runs in the background and there is no cluster
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def status(self) -> str:
+        return "ok"
+
+    async def cluster(self) -> ClusterView | None:
+        return None

@@ -15,7 +15,7 @@ from miaws.clock import Clock
 from miaws.config import Settings
 from miaws.dispatch import Dispatcher
 from miaws.errors import close_meaning
-from miaws.hub import Hub, MemoryHub
+from miaws.hub import Hub, make_hub
 from miaws.plugins import Registry, build_registry
 from miaws.types import Client, Outgoing
 
@@ -40,7 +40,7 @@ class Service:
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Service:
         """Load plugins and schemas (ConfigError on any problem) and call ``startup``."""
-        service = cls(settings, build_registry(settings), MemoryHub(), clock)
+        service = cls(settings, build_registry(settings), make_hub(settings), clock)
         service.hooks.startup(service=service)
         return service
 
@@ -118,7 +118,7 @@ class Service:
 
     def health(self) -> dict[str, Any]:
         return {
-            "status": "ok",
+            "status": self.hub.status(),
             "connections": self.connected_count(),
             "rooms": len(self.rooms_info()),
             "uptime": round(time.time() - self.started, 3),

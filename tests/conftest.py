@@ -38,8 +38,11 @@ def settings(config_data: dict[str, Any]) -> Settings:
 
 
 @pytest.fixture
-def service(settings: Settings) -> Service:
-    return Service.from_settings(settings)
+def service(settings: Settings, io_loop: Any) -> Iterator[Service]:
+    service = Service.from_settings(settings)
+    io_loop.run_sync(service.hub.start)  # the hub's background tasks (none for memory)
+    yield service
+    io_loop.run_sync(service.hub.close)
 
 
 @pytest.fixture
