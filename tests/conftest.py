@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import tornado.web
 from helpers import ServerProcess
+from redis_server import RedisServer
 
 from miaws.app import make_app
 from miaws.check import Peer
@@ -92,3 +93,12 @@ def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free 127.0.0.1 port (stop()/start() simulate an outage)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

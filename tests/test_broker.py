@@ -1,0 +1,73 @@
+"""The broker settings, the memory hub's cluster answers, and cross-node message encoding."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from miaws.config import ConfigError, build_settings
+from miaws.redis_hub import RemoteEncoded, redact
+from miaws.types import Encoded
+
+
+@pytest.mark.parametrize(
+    ("broker", "message"),
+    [
+        ({"type": "kafka"}, "test: broker.type has value 'kafka'; expected one of memory, redis"),
+        (
+            {"url": "http://r:6379"},
+            "test: broker.url has value 'http://r:6379'; expected a redis://, rediss:// or "
+            "unix:// URL",
+        ),
+        (
+            {"channel_prefix": "a b"},
+            "test: broker.channel_prefix has value 'a b'; expected 1 to 64 characters of "
+            "[A-Za-z0-9_.:-]",
+        ),
+        (
+            {"heartbeat": 0},
+            "test: broker.heartbeat has value 0; expected a positive number of seconds",
+        ),
+    ],
+)
+def test_bad_broker_settings_name_the_key(broker: dict[str, Any], message: str) -> None:
+    """A bad broker setting stops start-up with one line naming the key."""
+    with pytest.raises(ConfigError) as info:
+        build_settings({"broker": broker}, source="test", environ={})
+    assert str(info.value) == message
+
+
+def test_redis_url_from_the_environment() -> None:
+    """REDIS_URL overrides broker.url from the file; memory is the default type."""
+    s = build_settings({"broker": {"url": "redis://a:1/0"}}, environ={"REDIS_URL": "redis://b:2/1"})
+    assert (s.broker.type, s.broker.url) == ("memory", "redis://b:2/1")
+
+
+def test_remote_message_keeps_the_senders_bytes() -> None:
+    """A message from another node is sent with the exact bytes its node encoded."""
+    original = Encoded({"type": "broadcast", "message": "ünï ✓" * 50, "timestamp": "t"})
+    remote = RemoteEncoded(original.text)
+    assert remote.frame == original.frame
+    assert remote.payload == original.payload
+
+
+def test_redact_hides_the_password() -> None:
+    assert redact("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redact("redis://host:6379/0") == "redis://host:6379/0"
+
+
+async def test_memory_hub_has_no_cluster_section(http_server_client: Any, ws_connect: Any) -> None:
+    """With the memory broker, /health keeps its shape and the cluster scope is this process."""
+    peer = await ws_connect()
+    await peer.request({"type": "join-room", "room": "a"})
+    health = json.loads((await http_server_client.fetch("/health")).body)
+    assert health["status"] == "ok" and "cluster" not in health
+    body = json.loads((await http_server_client.fetch("/api/rooms?scope=cluster")).body)
+    assert body == {"a": 1}
+    response = await http_server_client.fetch("/api/rooms?scope=galaxy", raise_error=False)
+    assert response.code == 400
+    assert json.loads(response.body) == {
+        "error": "scope has value 'galaxy'; expected local or cluster"
+    }
