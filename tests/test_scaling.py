@@ -15,7 +15,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from miaws.check import Peer, expect_type
 
-HEARTBEAT = 0.3  # seconds; a node silent for 3 heartbeats leaves the cluster view
+HEARTBEAT = 0.5  # seconds; a node silent for 3 heartbeats leaves the cluster view
 Start = Callable[..., ServerProcess]
 
 
