@@ -35,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from miaws.cluster import TTL_HEARTBEATS, BrokerUnavailable, ClusterView, NodeCounts
-from miaws.config import Settings
+from miaws.config import ConfigError, Settings
 from miaws.hub import MemoryHub
 from miaws.types import Encoded
 
@@ -121,7 +121,12 @@ class RedisHub(MemoryHub):
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisHub:
         b = settings.broker
-        return cls(b.url, channel_prefix=b.channel_prefix, heartbeat=b.heartbeat)
+        try:
+            return cls(b.url, channel_prefix=b.channel_prefix, heartbeat=b.heartbeat)
+        except ValueError as exc:  # redis-py's URL parser: a bad port, database, option
+            raise ConfigError(
+                f"{settings.source}: broker.url has value {redact(b.url)!r}; {exc}"
+            ) from None
 
     # ------------------------------------------------------------ sending
     def group_send(self, room: str | None, payload: dict[str, Any]) -> int:

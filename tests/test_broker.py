@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from miaws.config import ConfigError, build_settings
+from miaws.hub import make_hub
 from miaws.redis_hub import RemoteEncoded, redact
 from miaws.types import Encoded
 
@@ -37,6 +38,16 @@ def test_bad_broker_settings_name_the_key(broker: dict[str, Any], message: str) 
     with pytest.raises(ConfigError) as info:
         build_settings({"broker": broker}, source="test", environ={})
     assert str(info.value) == message
+
+
+def test_unparsable_redis_url_is_a_config_error() -> None:
+    """A URL redis-py cannot parse stops start-up with one line, not a traceback."""
+    settings = build_settings(
+        {"broker": {"type": "redis", "url": "redis://h:port/0"}}, source="test", environ={}
+    )
+    with pytest.raises(ConfigError) as info:
+        make_hub(settings)
+    assert str(info.value).startswith("test: broker.url has value 'redis://h:port/0'; Port ")
 
 
 def test_redis_url_from_the_environment() -> None:
