@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import textwrap
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,12 @@ import tornado.httpclient
 import tornado.websocket
 from conftest import Connect
 from helpers import eventually
-from sio_peer import SioPeer
+from sio_helpers import ERROR_CASES, SioPeer, with_errors_plugin
 
 from miaws.check import TIMESTAMP, expect_error, expect_type
 from miaws.service import Service
 
 SioConnect = Callable[..., Awaitable[SioPeer]]
-ALL = ["ping", "echo", "broadcast", "rooms"]
 
 
 @pytest.fixture
@@ -112,54 +110,14 @@ async def test_room_join_leave_acks(sio_connect: SioConnect, service: Service) -
 
 # ---------------------------------------------------------------- errors
 
-ERRORS_PLUGIN = """
-from miaws import MessageType, hookimpl
-from miaws.errors import RateLimited
-
-def handle_flood(ctx, message):
-    raise RateLimited("Too many messages")
-
-@hookimpl
-def register_message_types():
-    schema = {"type": "object"}
-    return [MessageType("flood", handle_flood, schema=schema)]
-
-@hookimpl
-def authorize_message(client, message):
-    return False if message.get("room") == "vip" else None
-"""
-
 
 @pytest.fixture
 def config_data(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
-    """A plugin that answers rate-limited and forbids room vip, besides the built-ins."""
-    data: dict[str, Any] = {}
-    marker = request.node.get_closest_marker("config")
-    if marker:
-        data = dict(marker.args[0])
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "sioerrors.py").write_text(textwrap.dedent(ERRORS_PLUGIN))
-    data.setdefault("plugins", {"enabled": [*ALL, "sioerrors"], "paths": [str(tmp_path / "p")]})
-    return data
+    """The test's config, plus a plugin that answers rate-limited and forbids room vip."""
+    return with_errors_plugin(tmp_path, request)
 
 
-@pytest.mark.parametrize(
-    ("event", "args", "code"),
-    [
-        ("ping", ["not an object"], "invalid-message"),
-        ("ping", [[1, 2]], "invalid-message"),
-        ("ping", [], "invalid-message"),
-        ("ping", [{}, {}], "invalid-message"),
-        ("ping", [{"id": True}], "invalid-message"),
-        ("join-room", [{"room": "bad room"}], "invalid-message"),
-        ("echo", [{}], "invalid-message"),
-        ("nope", [{}], "unknown-type"),
-        ("leave-room", [{"room": "never"}], "not-in-room"),
-        ("broadcast", [{"message": 1, "room": "never"}], "not-in-room"),
-        ("join-room", [{"room": "vip"}], "forbidden"),
-        ("flood", [{}], "rate-limited"),
-    ],
-)
+@pytest.mark.parametrize(("event", "args", "code"), ERROR_CASES)
 async def test_error_codes(sio_connect: SioConnect, event: str, args: list[Any], code: str) -> None:
     """Each refusal is an error event (and ack) with its code; the connection stays usable."""
     peer = await sio_connect()
