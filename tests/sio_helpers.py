@@ -25,9 +25,15 @@ from miaws.errors import RateLimited
 def handle_flood(ctx, message):
     raise RateLimited("Too many messages")
 
+def handle_crash(ctx, message):
+    raise RuntimeError("a bug in a plugin")
+
 @hookimpl
 def register_message_types():
-    return [MessageType("flood", handle_flood, schema={"type": "object"})]
+    return [
+        MessageType("flood", handle_flood, schema={"type": "object"}),
+        MessageType("crash", handle_crash, schema={"type": "object"}),
+    ]
 
 @hookimpl
 def authorize_message(client, message):

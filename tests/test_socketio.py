@@ -336,6 +336,31 @@ async def test_dropped_connection_is_logged(
     assert len(lines) == 1 and "code=1005" in lines[0] and "transport closed" in lines[0]
 
 
+async def test_handler_exception_closes_with_1011(
+    sio_connect: SioConnect, service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler that raises disconnects that client alone, logged with 1011 and a traceback."""
+    caplog.set_level(logging.INFO, logger="miaws")
+    bad, good = await sio_connect(), await sio_connect()
+    await bad.emit("crash", {})
+    await eventually(lambda: not bad.client.connected)
+    await eventually(lambda: service.connected_count() == 1)
+    assert (await good.request("ping", {}))[1][0] == "pong"
+    assert any(r.exc_info for r in caplog.records if "handler failed" in r.getMessage())
+    lines = [r.getMessage() for r in caplog.records if "disconnected" in r.getMessage()]
+    assert len(lines) == 1 and "code=1011" in lines[0] and "internal error" in lines[0]
+
+
+@pytest.mark.config({"limits": {"max_message_bytes": 1000}})
+async def test_message_over_the_limit(sio_connect: SioConnect, service: Service) -> None:
+    """A message over limits.max_message_bytes closes that connection; smaller ones pass."""
+    peer = await sio_connect()
+    ack = await peer.call("echo", {"message": "x" * 800})
+    assert ack["original"] == "x" * 800
+    await peer.emit("echo", {"message": "x" * 2000})
+    await eventually(lambda: service.connected_count() == 0)
+
+
 async def test_server_close_reaches_client(
     sio_connect: SioConnect, service: Service, caplog: pytest.LogCaptureFixture
 ) -> None:
