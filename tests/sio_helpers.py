@@ -69,14 +69,47 @@ def with_errors_plugin(tmp_path: Path, request: pytest.FixtureRequest) -> dict[s
     return data
 
 
-class SioPeer:
+class EventPeer:
+    """What both Socket.IO test clients share: received events in a queue, and the welcome."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.welcome: dict[str, Any] = {}
+
+    @property
+    def client_id(self) -> str:
+        client_id: str = self.welcome["clientId"]
+        return client_id
+
+    async def read_welcome(self) -> None:
+        event, self.welcome = await self.recv()
+        assert event == "welcome", (event, self.welcome)
+
+    async def recv(self, timeout: float = 5.0) -> tuple[str, Any]:
+        """The next event as (name, payload)."""
+        return await asyncio.wait_for(self.events.get(), timeout)
+
+    async def call(self, event: str, data: Any, timeout: float = 5.0) -> Any:
+        """Emit with an ack callback and return what the ack received."""
+        raise NotImplementedError
+
+    async def request(self, event: str, data: Any) -> tuple[Any, tuple[str, Any]]:
+        """Emit with an ack; return (ack value, the event that carried the reply)."""
+        ack = await self.call(event, data)
+        return ack, await self.recv()
+
+    async def expect_silence(self, seconds: float = 0.3) -> None:
+        await asyncio.sleep(seconds)
+        assert self.events.empty(), f"unexpected event {self.events.get_nowait()!r}"
+
+
+class SioPeer(EventPeer):
     """One Socket.IO connection to one namespace; ``welcome`` is read by :meth:`connect`."""
 
     def __init__(self, namespace: str = "/") -> None:
-        self.namespace = namespace
+        super().__init__(namespace)
         self.client = socketio.AsyncClient(reconnection=False)
-        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.welcome: dict[str, Any] = {}
         self.client.on("*", self._record, namespace=namespace)
 
     async def _record(self, event: str, *args: Any) -> None:
@@ -94,34 +127,14 @@ class SioPeer:
             wait_timeout=5,
             **kw,
         )
-        event, peer.welcome = await peer.recv()
-        assert event == "welcome", (event, peer.welcome)
+        await peer.read_welcome()
         return peer
-
-    @property
-    def client_id(self) -> str:
-        client_id: str = self.welcome["clientId"]
-        return client_id
-
-    async def recv(self, timeout: float = 5.0) -> tuple[str, Any]:
-        """The next event as (name, payload)."""
-        return await asyncio.wait_for(self.events.get(), timeout)
 
     async def emit(self, event: str, *data: Any) -> None:
         await self.client.emit(event, data[0] if len(data) == 1 else data, namespace=self.namespace)
 
     async def call(self, event: str, data: Any, timeout: float = 5.0) -> Any:
-        """Emit with an ack callback and return what the ack received."""
         return await self.client.call(event, data, namespace=self.namespace, timeout=timeout)
-
-    async def request(self, event: str, data: Any) -> tuple[Any, tuple[str, Any]]:
-        """Emit with an ack; return (ack value, the event that carried the reply)."""
-        ack = await self.call(event, data)
-        return ack, await self.recv()
-
-    async def expect_silence(self, seconds: float = 0.3) -> None:
-        await asyncio.sleep(seconds)
-        assert self.events.empty(), f"unexpected event {self.events.get_nowait()!r}"
 
     async def close(self) -> None:
         await self.client.disconnect()
@@ -147,16 +160,14 @@ def ensure_node_modules(timeout: float = 120.0) -> None:
         pytest.fail(f"npm ci in {NODE_DIR} failed:\n{done.stdout}\n{done.stderr}")
 
 
-class NodePeer:
+class NodePeer(EventPeer):
     """socket.io-client 4 in a Node process (tests/node/peer.js), with SioPeer's interface."""
 
     def __init__(self, proc: asyncio.subprocess.Process, namespace: str) -> None:
+        super().__init__(namespace)
         self.proc = proc
-        self.namespace = namespace
-        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.acks: dict[int, asyncio.Future[Any]] = {}
         self.status: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # connect, disconnect...
-        self.welcome: dict[str, Any] = {}
         self.upgraded = asyncio.Event()  # set when Engine.IO upgraded polling to WebSocket
         self._seq = 0
         self._reader = asyncio.ensure_future(self._read())
@@ -177,8 +188,7 @@ class NodePeer:
         try:
             first = await peer.next_status()
             assert first["kind"] == "connect", first
-            event, peer.welcome = await peer.recv()
-            assert event == "welcome", (event, peer.welcome)
+            await peer.read_welcome()
         except BaseException:
             await peer.close()
             raise
@@ -201,11 +211,6 @@ class NodePeer:
             else:
                 await self.status.put(msg)
 
-    @property
-    def client_id(self) -> str:
-        client_id: str = self.welcome["clientId"]
-        return client_id
-
     def _command(self, **cmd: Any) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
@@ -215,9 +220,6 @@ class NodePeer:
 
     async def next_status(self, timeout: float = 10.0) -> dict[str, Any]:
         return await asyncio.wait_for(self.status.get(), timeout)
-
-    async def recv(self, timeout: float = 5.0) -> tuple[str, Any]:
-        return await asyncio.wait_for(self.events.get(), timeout)
 
     async def emit(self, event: str, *data: Any) -> None:
         self._command(op="emit", event=event, args=list(data), ack=False)
@@ -229,14 +231,6 @@ class NodePeer:
         args = list(data) if isinstance(data, tuple) else [data]
         self._command(op="emit", event=event, args=args, ack=True, seq=self._seq)
         return await asyncio.wait_for(future, timeout)
-
-    async def request(self, event: str, data: Any) -> tuple[Any, tuple[str, Any]]:
-        ack = await self.call(event, data)
-        return ack, await self.recv()
-
-    async def expect_silence(self, seconds: float = 0.3) -> None:
-        await asyncio.sleep(seconds)
-        assert self.events.empty(), f"unexpected event {self.events.get_nowait()!r}"
 
     async def disconnect(self) -> dict[str, Any]:
         """socket.disconnect(); returns the client's disconnect status line."""
