@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,16 @@ async def test_ping_with_ack(sio_connect: SioConnect) -> None:
     ack, (event, reply) = await peer.request("ping", {"id": 7})
     assert event == "pong" and reply == ack
     assert set(ack) == {"type", "timestamp", "id"} and ack["id"] == 7
+
+
+async def test_replies_are_not_delayed(sio_connect: SioConnect) -> None:
+    """50 ping round trips (each a pong event and an ack) take well under a second: no
+    Nagle delay on the reply's second write (it cost about 40 ms per request)."""
+    peer = await sio_connect()
+    started = time.monotonic()
+    for i in range(50):
+        await peer.request("ping", {"id": i})
+    assert time.monotonic() - started < 1.0
 
 
 async def test_event_without_ack(sio_connect: SioConnect) -> None:
