@@ -32,4 +32,8 @@ def make_app(service: Service) -> tornado.web.Application:
         (r"/api/rooms", RoomsHandler, kw),
         (r"/api/plugins", PluginsHandler, kw),
     ]
+    if service.settings.socketio.enabled:
+        from miaws.sio import PATH, SocketIOBridge  # python-socketio only when it is used
+
+        routes.append((PATH, SocketIOBridge(service).handler()))
     return tornado.web.Application(routes, **tornado_settings(service))

@@ -129,6 +129,21 @@ class BrokerSettings:
 
 
 @dataclass(frozen=True)
+class SocketIOSettings:
+    enabled: bool = setting(True, "Serve Socket.IO at /socket.io/ on the server's port.")
+    cors_allowed_origins: str | list[str] = setting(
+        "*",
+        "Origins allowed to connect to Socket.IO: '*' for any, or a list of origins.",
+        expect="'*' or a list of origins such as https://app.example.com",
+    )
+    namespaces: list[str] = setting(
+        ["/"],
+        "Socket.IO namespaces clients may connect to; each has its own rooms.",
+        expect="a non-empty list of namespaces starting with '/'",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
@@ -137,6 +152,7 @@ class Settings:
     schemas: SchemasSettings = field(default_factory=SchemasSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
+    socketio: SocketIOSettings = field(default_factory=SocketIOSettings)
     source: str = field(default="defaults", compare=False)
     """Where the settings came from (file path or 'defaults'), for messages."""
 
@@ -267,6 +283,12 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"{src}: heartbeat.timeout has value {hb.timeout:g}; expected at most "
             f"heartbeat.interval ({hb.interval:g}), as Tornado requires"
+        )
+    namespaces = s.socketio.namespaces
+    if not namespaces or not all(ns.startswith("/") for ns in namespaces):
+        raise ConfigError(
+            f"{src}: socketio.namespaces has value {namespaces!r}; expected a non-empty list "
+            "of namespaces starting with '/'"
         )
     if s.limits.max_message_bytes < 1:
         raise ConfigError(

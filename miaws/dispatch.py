@@ -24,7 +24,7 @@ from miaws.errors import (
     NotInRoom,
     UnknownType,
 )
-from miaws.hub import Hub, valid_room
+from miaws.hub import Hub, room_key, valid_room
 from miaws.plugins import Registry
 from miaws.types import Client, Outgoing
 
@@ -63,29 +63,32 @@ class Context:
         self.out.append(Outgoing(payload))
 
     def broadcast(self, payload: dict[str, Any], room: str | None = None) -> None:
-        """Send payload to every client (room None) or to the members of room.
+        """Send payload to every client of the sender's namespace (room None) or to the
+        members of room.
 
         Adds ``timestamp``.  Raises :class:`NotInRoom` if the sender is not a member.
         """
         if room is not None:
             self._check_room(room)
             self.require_member(room)
+            room = room_key(self.client.namespace, room)
         payload.setdefault("timestamp", self.clock.timestamp())
         self.out.append(Outgoing(payload, True, room))
 
     def require_member(self, room: str) -> None:
-        if not self.hub.is_member(room, self.client):
+        if not self.hub.is_member(room_key(self.client.namespace, room), self.client):
             raise NotInRoom(room)
 
+    # Room names are the client's; the hub keys them by namespace (see hub.room_key).
     def join(self, room: str) -> bool:
         """Add the sender to room; False if it was a member already."""
         self._check_room(room)
-        return self.hub.group_add(room, self.client)
+        return self.hub.group_add(room_key(self.client.namespace, room), self.client)
 
     def leave(self, room: str) -> None:
         """Take the sender out of room; raises :class:`NotInRoom` if it was not a member."""
         self._check_room(room)
-        if not self.hub.group_discard(room, self.client):
+        if not self.hub.group_discard(room_key(self.client.namespace, room), self.client):
             raise NotInRoom(room)
 
     @staticmethod

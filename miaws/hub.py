@@ -19,7 +19,15 @@ if TYPE_CHECKING:
     from miaws.cluster import ClusterView
     from miaws.config import Settings
 
-__all__ = ["Hub", "MemoryHub", "ROOM_NAME", "valid_room", "make_hub"]
+__all__ = [
+    "Hub",
+    "MemoryHub",
+    "ROOM_NAME",
+    "valid_room",
+    "make_hub",
+    "room_key",
+    "send_to_namespace",
+]
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -27,6 +35,27 @@ ROOM_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 def valid_room(name: object) -> bool:
     """True for 1 to 64 characters of ``[A-Za-z0-9_.:-]``."""
     return isinstance(name, str) and ROOM_NAME.fullmatch(name) is not None
+
+
+def room_key(namespace: str, room: str) -> str:
+    """The hub's key for a room of a namespace.
+
+    The native endpoint and the Socket.IO namespace ``/`` share rooms, so there the key is the
+    room name itself; in any other namespace it is ``<namespace>#<room>`` (``#`` never occurs
+    in a room name, so keys cannot collide).
+    """
+    return room if namespace == "/" else f"{namespace}#{room}"
+
+
+def send_to_namespace(hub: Hub, namespace: str, payload: dict[str, Any]) -> int:
+    """Deliver payload, serialised once, to every client of one namespace (native clients
+    are in ``/``).  Used instead of ``group_send(None, ...)`` only when Socket.IO serves
+    namespaces besides ``/``."""
+    message = Encoded(payload)
+    targets = [c for c in hub.clients() if c.namespace == namespace]
+    for client in targets:
+        client.deliver(message)
+    return len(targets)
 
 
 class Hub(Protocol):

@@ -15,7 +15,7 @@ from miaws.clock import Clock
 from miaws.config import Settings
 from miaws.dispatch import Dispatcher
 from miaws.errors import close_meaning
-from miaws.hub import Hub, make_hub
+from miaws.hub import Hub, make_hub, send_to_namespace
 from miaws.plugins import Registry, build_registry
 from miaws.types import Client, Outgoing
 
@@ -36,6 +36,9 @@ class Service:
         self.dispatcher = Dispatcher(registry, hub, self.clock)
         self.started = time.time()
         self.shutting_down = False
+        sio = settings.socketio
+        # With Socket.IO namespaces besides "/", a broadcast to all stays in its namespace.
+        self.namespaced = sio.enabled and set(sio.namespaces) != {"/"}
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Service:
@@ -102,7 +105,10 @@ class Service:
         """Send what the dispatcher produced: replies to client, broadcasts through the hub."""
         for out in outgoing:
             if out.broadcast:
-                self.hub.group_send(out.room, out.payload)
+                if out.room is None and self.namespaced:
+                    send_to_namespace(self.hub, client.namespace, out.payload)
+                else:
+                    self.hub.group_send(out.room, out.payload)
             else:
                 client.send(out.payload)
 

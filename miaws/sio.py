@@ -1,0 +1,217 @@
+"""The Socket.IO endpoint: python-socketio on the same Tornado app, over the same dispatch core.
+
+An event is a message: its name is the message ``type`` and its one argument the message
+object (``type`` is set from the event name).  Everything after that is the native path:
+``Dispatcher.handle_message`` then ``Service.deliver``.  Each reply is emitted as an event named
+by its ``type``; when the client asked for an ack, the ack gets the reply too (for a
+``broadcast``, which has no reply, the broadcast as delivered).  Rooms live in the hub, so
+delivery to a room reaches native and Socket.IO members alike; python-socketio's own rooms are
+not used.
+
+Disconnect reasons of Socket.IO are logged through :meth:`Service.disconnect` with these codes
+(``docs/socketio.md``): ``client disconnect`` 1000, ``server disconnect`` 1000 (or the code
+given to :meth:`SocketIOClient.close`), ``transport close`` 1005, ``transport error`` and
+``ping timeout`` 1006 (the latter logged as ``dead``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+import engineio.exceptions
+import socketio
+from socketio import packet
+
+from miaws.errors import CloseCode
+from miaws.service import Service
+from miaws.types import Client, Encoded, Outgoing
+
+__all__ = ["SocketIOBridge", "SocketIOClient", "REASON_CODES"]
+
+log = logging.getLogger("miaws")
+
+PATH = r"/socket.io/"
+
+REASON_CODES: dict[str, tuple[int, str]] = {
+    "client disconnect": (CloseCode.NORMAL_CLOSURE, "closed by client"),
+    "server disconnect": (CloseCode.NORMAL_CLOSURE, "closed by server"),
+    "transport close": (CloseCode.NO_STATUS_RECEIVED, "transport closed"),
+    "transport error": (CloseCode.ABNORMAL_CLOSURE, "connection lost: transport error"),
+    "ping timeout": (CloseCode.ABNORMAL_CLOSURE, "dead: missed heartbeat"),
+}
+"""python-socketio's disconnect reason -> (close code, reason) as the disconnect log shows."""
+
+
+class _Server(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server, closing a connection that sends a packet it cannot parse
+    (as socket.io's own server does) instead of logging a traceback and going on."""
+
+    bridge: SocketIOBridge
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except ValueError:
+            await self.bridge.bad_packet(eio_sid)
+
+
+class SocketIOClient(Client):
+    """A client connected to one Socket.IO namespace."""
+
+    __slots__ = ("bridge", "sid", "eio_sid", "closed_with")
+
+    def __init__(
+        self, bridge: SocketIOBridge, sid: str, eio_sid: str, client_id: str, **kw: Any
+    ) -> None:
+        super().__init__(client_id, "socket.io", **kw)
+        self.bridge = bridge
+        self.sid = sid
+        self.eio_sid = eio_sid
+        self.closed_with: tuple[int, str] | None = None
+
+    def deliver(self, message: Encoded) -> None:
+        """Emit the event named by the message's ``type``, with the message as its argument."""
+        self.bridge.send(self, self.bridge.encode(message, self.namespace))
+        self.messages_out += 1
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Disconnect from the namespace; the disconnect is logged with this code."""
+        if self.closed_with is None:
+            self.closed_with = (code, reason)
+            self.bridge.spawn(self.bridge.sio.disconnect(self.sid, namespace=self.namespace))
+
+
+class SocketIOBridge:
+    """One python-socketio ``AsyncServer`` wired to a :class:`Service`."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        s = service.settings
+        options: dict[str, Any] = {"max_http_buffer_size": s.limits.max_message_bytes}
+        if s.heartbeat.interval:
+            options.update(ping_interval=s.heartbeat.interval, ping_timeout=s.heartbeat.timeout)
+        self.sio = _Server(
+            async_mode="tornado",
+            cors_allowed_origins=s.socketio.cors_allowed_origins,
+            namespaces=list(s.socketio.namespaces),
+            async_handlers=False,  # one client's events in order, as on the native endpoint
+            **options,
+        )
+        self.sio.bridge = self
+        self.clients: dict[tuple[str, str], SocketIOClient] = {}  # (namespace, sid) -> client
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._last: tuple[Encoded, str, str] | None = None
+        self.sio.on("connect", self.on_connect, namespace="*")
+        self.sio.on("disconnect", self.on_disconnect, namespace="*")
+        self.sio.on("*", self.on_event, namespace="*")
+
+    def handler(self) -> Any:
+        """The Tornado request handler class to mount at :data:`PATH`."""
+        base: Any = socketio.get_tornado_handler(self.sio)
+
+        class Handler(base):  # type: ignore[misc]
+            def open(self, *args: Any, **kwargs: Any) -> Any:
+                # As on /ws: without it Nagle holds the second of two small writes (reply
+                # event, then ack) until the client's delayed ACK, some 40 ms later.
+                self.set_nodelay(True)
+                return super().open(*args, **kwargs)
+
+        return Handler
+
+    # ------------------------------------------------------------ sending
+    def encode(self, message: Encoded, namespace: str) -> str:
+        """The Socket.IO EVENT packet for message, encoded once per broadcast: the hub hands
+        every recipient the same :class:`Encoded`, so the last packet is reused."""
+        last = self._last
+        if last is not None and last[0] is message and last[1] == namespace:
+            return last[2]
+        pkt = self.sio.packet_class(
+            packet.EVENT, namespace=namespace, data=[message.payload["type"], message.payload]
+        )
+        text: str = pkt.encode()
+        self._last = (message, namespace, text)
+        return text
+
+    def send(self, client: SocketIOClient, text: str) -> None:
+        self.spawn(self._send(client.eio_sid, text))
+
+    async def _send(self, eio_sid: str, text: str) -> None:
+        try:
+            await self.sio.eio.send(eio_sid, text)
+        except engineio.exceptions.SocketIsClosedError:
+            pass  # the client is gone; its disconnect is on its way
+
+    def spawn(self, coro: Any) -> None:
+        """Run coro soon, keeping a reference until it is done (tasks run in FIFO order)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def bad_packet(self, eio_sid: str) -> None:
+        """Drop a connection that sent a malformed packet (logged as 1007 in each namespace)."""
+        for client in self.clients.values():
+            if client.eio_sid == eio_sid:
+                client.closed_with = (CloseCode.INVALID_PAYLOAD, "invalid Socket.IO packet")
+        socket = self.sio.eio.sockets.get(eio_sid)
+        await self.sio.eio.disconnect(eio_sid)
+        if socket is not None:
+            # Engine.IO only asks the client to close; this client is not to be trusted to,
+            # so also end the transport (None stops Engine.IO's writer, which then closes).
+            await socket.queue.put(None)
+
+    # ------------------------------------------------------------ events
+    async def on_connect(
+        self, namespace: str, sid: str, environ: dict[str, Any], auth: Any = None
+    ) -> bool:
+        if self.service.shutting_down:
+            return False
+        if (namespace, sid) in self.clients:
+            return True  # a client-sent "connect" event, not a connection
+        client = SocketIOClient(
+            self,
+            sid,
+            self.sio.manager.eio_sid_from_sid(sid, namespace),
+            self.service.new_client_id(),
+            remote_ip=environ.get("REMOTE_ADDR", ""),
+            user_agent=environ.get("HTTP_USER_AGENT", ""),
+            connected_at=self.service.clock.timestamp(),
+            namespace=namespace,
+        )
+        self.clients[namespace, sid] = client
+        self.service.connect(client)
+        return True
+
+    async def on_disconnect(self, namespace: str, sid: str, reason: str = "") -> None:
+        if self.sio.manager.is_connected(sid, namespace):
+            return  # a client-sent "disconnect" event; the connection is still up
+        client = self.clients.pop((namespace, sid), None)
+        if client is None:
+            return
+        code, text = REASON_CODES.get(reason, (CloseCode.ABNORMAL_CLOSURE, reason))
+        if client.closed_with is not None:
+            code, text = client.closed_with
+        self.service.disconnect(client, code, text)
+
+    async def on_event(self, event: str, namespace: str, sid: str, *args: Any) -> Any:
+        """One event in; the reply (or the broadcast) is the ack's value."""
+        client = self.clients.get((namespace, sid))
+        if client is None:
+            return None
+        message = args[0] if len(args) == 1 else args
+        if type(message) is dict:
+            message = {**message, "type": event}
+        try:
+            result = self.service.dispatcher.handle_message(client, message)
+            outgoing: list[Outgoing] = await result if inspect.isawaitable(result) else result
+        except Exception:
+            log.exception("handler failed for clientId=%s; closing with 1011", client.client_id)
+            client.close(CloseCode.INTERNAL_ERROR, "internal error")
+            return None
+        self.service.deliver(client, outgoing)
+        for out in outgoing:
+            if not out.broadcast:
+                return out.payload
+        return outgoing[0].payload if outgoing else None
