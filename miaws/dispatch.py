@@ -15,8 +15,11 @@ import json
 from collections.abc import Awaitable
 from typing import Any
 
+from miaws.auth import room_allowed
 from miaws.clock import Clock
+from miaws.config import LimitsSettings
 from miaws.errors import (
+    CloseCode,
     Forbidden,
     InvalidJSON,
     InvalidMessage,
@@ -26,6 +29,7 @@ from miaws.errors import (
 )
 from miaws.hub import Hub, valid_room
 from miaws.plugins import Registry
+from miaws.ratelimit import FLOODING, RateLimiter
 from miaws.types import Client, Outgoing
 
 __all__ = ["Dispatcher", "Context", "valid_id"]
@@ -43,14 +47,22 @@ def valid_id(value: object) -> bool:
 class Context:
     """What a handler gets besides the message: the sender, the hub, and ways to answer."""
 
-    __slots__ = ("client", "hub", "clock", "message_id", "out")
+    __slots__ = ("client", "hub", "clock", "message_id", "out", "room_limits")
 
-    def __init__(self, client: Client, hub: Hub, clock: Clock, message_id: Any) -> None:
+    def __init__(
+        self,
+        client: Client,
+        hub: Hub,
+        clock: Clock,
+        message_id: Any,
+        room_limits: tuple[int, int] = (0, 0),
+    ) -> None:
         self.client = client
         self.hub = hub
         self.clock = clock
         self.message_id = message_id
         self.out: list[Outgoing] = []
+        self.room_limits = room_limits  # (max rooms per client, max room members); 0: none
 
     def timestamp(self) -> str:
         return self.clock.timestamp()
@@ -78,9 +90,28 @@ class Context:
             raise NotInRoom(room)
 
     def join(self, room: str) -> bool:
-        """Add the sender to room; False if it was a member already."""
+        """Add the sender to room; False if it was a member already.
+
+        Raises :class:`Forbidden` when the client's token does not list the room, or when
+        ``limits.max_rooms_per_client`` or ``limits.max_room_members`` would be exceeded.
+        """
         self._check_room(room)
-        return self.hub.group_add(room, self.client)
+        client = self.client
+        if not room_allowed(room, client.allowed_rooms):
+            raise Forbidden(f"Not allowed to join room {room}", {"room": room})
+        max_rooms, max_members = self.room_limits
+        if (max_rooms or max_members) and not self.hub.is_member(room, client):
+            if max_rooms and len(client.rooms) >= max_rooms:
+                raise Forbidden(
+                    f"Room limit reached: at most {max_rooms} rooms per client",
+                    {"room": room, "limit": "limits.max_rooms_per_client", "max": max_rooms},
+                )
+            if max_members and self.hub.room_size(room) >= max_members:
+                raise Forbidden(
+                    f"Room {room} is full: at most {max_members} members",
+                    {"room": room, "limit": "limits.max_room_members", "max": max_members},
+                )
+        return self.hub.group_add(room, client)
 
     def leave(self, room: str) -> None:
         """Take the sender out of room; raises :class:`NotInRoom` if it was not a member."""
@@ -100,11 +131,29 @@ class Context:
 class Dispatcher:
     """Turns client messages into outgoing messages; see the module docstring."""
 
-    def __init__(self, registry: Registry, hub: Hub, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        hub: Hub,
+        clock: Clock | None = None,
+        limits: LimitsSettings | None = None,
+    ) -> None:
         self.hub = hub
         self.clock = clock or Clock()
         self.registry = registry
         self.stats: Any = None  # optional metrics sink with .message(type) / .error(code)
+        self.limits = limits or LimitsSettings()
+
+    @property
+    def limits(self) -> LimitsSettings:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: LimitsSettings) -> None:
+        """``limits.*`` for rates and rooms; swapping them takes effect from the next message."""
+        self._limits = limits
+        self.limiter = RateLimiter.from_settings(limits)
+        self._room_limits = (limits.max_rooms_per_client, limits.max_room_members)
 
     @property
     def registry(self) -> Registry:
@@ -137,6 +186,8 @@ class Dispatcher:
             message = _loads(text)
         except ValueError:
             client.messages_in += 1
+            if self.limiter is not None and not self.limiter.allow(client):
+                return self._refuse(client, None)
             return [self.error(InvalidJSON("Message is not valid JSON"))]
         return self.handle_message(client, message)
 
@@ -145,6 +196,9 @@ class Dispatcher:
     ) -> list[Outgoing] | Awaitable[list[Outgoing]]:
         """Handle one decoded message (the Socket.IO adapter enters here)."""
         client.messages_in += 1
+        if self.limiter is not None and not self.limiter.allow(client):
+            mid = message.get("id") if type(message) is dict else None
+            return self._refuse(client, mid if valid_id(mid) else None)
         message_id = None
         try:
             if type(message) is not dict:
@@ -179,7 +233,7 @@ class Dispatcher:
                 verdict = self._authorize(client=client, message=message)
                 if verdict is False:
                     raise Forbidden(f"Not allowed: {kind}")
-            ctx = Context(client, self.hub, self.clock, message_id)
+            ctx = Context(client, self.hub, self.clock, message_id, self._room_limits)
             result = bound.descriptor.handler(ctx, message)
             if inspect.isawaitable(result):
                 return self._finish(ctx, result)
@@ -188,6 +242,14 @@ class Dispatcher:
             return ctx.out
         except MessageError as exc:
             return [self.error(exc, message_id)]
+
+    def _refuse(self, client: Client, message_id: Any) -> list[Outgoing]:
+        """A rate-limited message: error ``rate-limited``, or close 1008 for a flooder."""
+        assert self.limiter is not None
+        if self.limiter.flooding(client):
+            client.close(CloseCode.POLICY_VIOLATION, FLOODING)
+            return []
+        return [self.error(self.limiter.refusal(client), message_id)]
 
     async def _finish(
         self, ctx: Context, pending: Awaitable[dict[str, Any] | None]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from miaws.dispatch import Context
+    from miaws.ratelimit import TokenBucket
 
 __all__ = ["MessageType", "Handler", "Client", "Outgoing", "Encoded", "encode_json"]
 
@@ -91,6 +92,7 @@ class Client:
         "user",
         "namespace",
         "allowed_rooms",
+        "bucket",
         "__weakref__",
     )
 
@@ -116,6 +118,7 @@ class Client:
         self.user: str | None = None
         self.namespace = namespace
         self.allowed_rooms: frozenset[str] | None = None  # None: any room
+        self.bucket: TokenBucket | None = None  # rate limit state, made on first message
 
     def send(self, payload: dict[str, Any]) -> None:
         """Send one message to this client alone."""
