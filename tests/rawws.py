@@ -104,6 +104,7 @@ class RawWS:
             if frame is None:
                 return None
             if frame[0] == 0x8:
+                self.writer.write(client_frame(frame[1][:2], 0x8))  # complete the handshake
                 return close_code(frame[1])
 
     def abort(self) -> None:
