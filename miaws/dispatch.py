@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Awaitable
 from typing import Any
 
@@ -34,7 +35,40 @@ from miaws.types import Client, Outgoing
 
 __all__ = ["Dispatcher", "Context", "valid_id"]
 
-_loads = json.loads
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number out of range: {text}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Strict JSON: NaN, Infinity and numbers beyond a double are refused (invalid-json) instead
+# of being echoed as tokens no JSON parser reads.  Both hooks run only on such tokens.
+_loads = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant).decode
+
+MAX_DEPTH = 128
+"""Deepest nesting accepted (invalid-json beyond): every reply must still encode."""
+
+
+def _too_deep(text: str, value: Any) -> bool:
+    """True if value nests deeper than MAX_DEPTH; the text count keeps it cheap."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    level = [(value, 1)]
+    while level:
+        item, depth = level.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if type(item) is dict:
+            level.extend((v, depth + 1) for v in item.values())
+        elif type(item) is list:
+            level.extend((v, depth + 1) for v in item)
+    return False
 
 
 def valid_id(value: object) -> bool:
@@ -184,7 +218,9 @@ class Dispatcher:
         when the handler is async."""
         try:
             message = _loads(text)
-        except ValueError:
+            if len(text) > 2 * MAX_DEPTH and _too_deep(text, message):
+                raise ValueError("nested too deeply")
+        except (ValueError, RecursionError):
             client.messages_in += 1
             if self.limiter is not None and not self.limiter.allow(client):
                 return self._refuse(client, None)

@@ -55,7 +55,13 @@ class Encoded:
     def frame(self) -> bytes:
         """The unmasked WebSocket text frame (built once, on first use)."""
         if self._frame is None:
-            data = self.text.encode()
+            try:
+                data = self.text.encode()
+            except UnicodeEncodeError:
+                # A lone surrogate (from a "\\ud800" escape) cannot be UTF-8: send it escaped,
+                # as JavaScript's JSON.stringify does.
+                self.text = json.dumps(self.payload, separators=(",", ":"))
+                data = self.text.encode()
             n = len(data)
             if n < 126:
                 head = bytes((0x81, n))
