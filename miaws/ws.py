@@ -10,6 +10,7 @@ close frame.  A client that misses its heartbeat is dropped at once and logged a
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import re
@@ -50,6 +51,41 @@ class MiawsProtocol(WebSocketProtocol13):
             self._abort()
             return
         super().close(code, reason)
+
+    lingering = False
+
+    def _abort(self) -> None:
+        if self.lingering:
+            return  # _linger aborts when done
+        stream = self.stream
+        if (
+            self.sent_close is not None
+            and not self.dead
+            and stream is not None
+            and not stream.closed()
+            and not stream.reading()
+        ):
+            # A close frame is on its way (1009 from Tornado's size check, or ours) and the
+            # frame reader gives up.  Closing now, with client data still unread, would make
+            # the kernel send a reset and the client would lose the close frame; so read and
+            # drop its input until it closes (2 s at most) first.
+            self.lingering = True
+            self.client_terminated = self.server_terminated = True
+            IOLoop.current().spawn_callback(self._linger)
+            return
+        super()._abort()
+
+    async def _linger(self, seconds: float = 2.0) -> None:
+        deadline = IOLoop.current().time() + seconds
+        try:
+            while True:
+                left = deadline - IOLoop.current().time()
+                await asyncio.wait_for(self.stream.read_bytes(65536, partial=True), left)
+        except (tornado.iostream.StreamClosedError, asyncio.TimeoutError):
+            pass
+        finally:
+            self.lingering = False
+            super()._abort()
 
     def _handle_message(self, opcode: int, data: bytes) -> Any:
         if opcode == 0x8:

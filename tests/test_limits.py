@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from conftest import Connect, RawConnect
 from helpers import eventually
+from rawws import client_frame
 from tornado.websocket import websocket_connect
 
 from miaws.check import expect_error, expect_type
@@ -175,3 +176,22 @@ def test_shipped_defaults_do_not_throttle() -> None:
     )
     assert limits.max_queued_bytes == 1048576 and limits.max_rooms_per_client == 1000
     assert json.dumps(data["auth"]["mode"]) == '"none"'
+
+
+@pytest.mark.config({"limits": {"max_message_bytes": 1000}})
+async def test_close_frame_survives_pipelined_input(
+    raw_connect: RawConnect, service: Service
+) -> None:
+    """A client that keeps sending after an oversized (or binary) frame still gets the close
+    frame with its code: the server drains its input instead of resetting the connection."""
+    for first, code in ((json.dumps({"type": "echo", "message": "a" * 2000}), 1009), (b"", 1003)):
+        conn = await raw_connect()
+        await conn.read_json()
+        if isinstance(first, bytes):
+            conn.send_raw(client_frame(first, 0x2))
+        else:
+            conn.send_text(first)
+        for i in range(50):
+            conn.send_json({"type": "echo", "message": "x" * 900, "id": i})
+        assert await conn.close_code() == code
+    await eventually(lambda: service.connected_count() == 0)
