@@ -53,6 +53,7 @@ _loads = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant).deco
 
 MAX_DEPTH = 128
 """Deepest nesting accepted (invalid-json beyond): every reply must still encode."""
+_DEEP_TEXT = 2 * MAX_DEPTH  # a shorter text cannot nest that deep
 
 
 def _too_deep(text: str, value: Any) -> bool:
@@ -218,7 +219,7 @@ class Dispatcher:
         when the handler is async."""
         try:
             message = _loads(text)
-            if len(text) > 2 * MAX_DEPTH and _too_deep(text, message):
+            if len(text) > _DEEP_TEXT and _too_deep(text, message):
                 raise ValueError("nested too deeply")
         except (ValueError, RecursionError):
             client.messages_in += 1

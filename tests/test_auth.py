@@ -92,11 +92,27 @@ def rsa_keys(tmp_path: Path) -> tuple[Any, Path]:
     return key, path
 
 
+ADMIN_ONLY = """
+from miaws import Forbidden, hookimpl
+
+@hookimpl
+def authorize_message(client, message):
+    if message["type"] == "broadcast" and "room" not in message and client.user != "admin":
+        raise Forbidden("only admin may broadcast to everyone")
+"""
+
+
 @pytest.fixture
-def config_data(request: pytest.FixtureRequest, rsa_keys: tuple[Any, Path]) -> dict[str, Any]:
+def config_data(
+    request: pytest.FixtureRequest, rsa_keys: tuple[Any, Path], tmp_path: Path
+) -> dict[str, Any]:
     marker = request.node.get_closest_marker("config")
     if marker:
         return dict(marker.args[0])
+    if "admin_hook" in request.node.name:
+        (tmp_path / "admin_only.py").write_text(ADMIN_ONLY)
+        plugins = {"paths": [str(tmp_path)], "enabled": ["ping", "broadcast", "admin_only"]}
+        return {**JWT, "plugins": plugins}
     if "rs256" in request.node.name:
         return {"auth": {"mode": "jwt", "jwt_public_key": str(rsa_keys[1]), "jwt_audience": "app"}}
     return {}
@@ -251,3 +267,14 @@ def test_jwt_secret_from_environment() -> None:
     assert settings.auth.jwt_secret == secret
     token = jwt.encode({"sub": "n"}, secret, "HS256")
     assert Authenticator(settings).check(token).user == "n"
+
+
+async def test_admin_hook_sees_the_token_user(ws_connect: Connect, ws_url: str) -> None:
+    """A plugin's authorize_message sees client.user from the token and can deny by it."""
+    admin = await ws_connect(f"{ws_url}?token={hs256('admin')}")
+    user = await ws_connect(f"{ws_url}?token={hs256('mallory')}")
+    reply = await user.request({"type": "broadcast", "message": "hi", "id": 1})
+    expect_error(reply, "forbidden", id=1, message="only admin may broadcast to everyone")
+    await admin.send({"type": "broadcast", "message": "hi"})
+    for peer in (admin, user):
+        expect_type(await peer.recv(), "broadcast", message="hi")
