@@ -121,11 +121,14 @@ class NativeClient(Client):
             return
         stream = conn.stream
         frame = message.frame
-        # IOStream.write hands bytes to the kernel at once; what stays in _write_buffer is
-        # what the peer has not taken.  Tornado has no public accessor for its size.
-        if self.max_queued and len(stream._write_buffer) + len(frame) > self.max_queued:
-            self.handler.slow_consumer(len(stream._write_buffer))
-            return
+        if self.max_queued:
+            # IOStream.write hands bytes to the kernel at once; what stays in _write_buffer
+            # is what the peer has not taken (Tornado has no public accessor for its size).
+            # An empty queue takes any frame, so one large message never trips the cap.
+            queued = len(stream._write_buffer)
+            if queued and queued + len(frame) > self.max_queued:
+                self.handler.slow_consumer(queued)
+                return
         try:
             stream.write(frame)
         except tornado.iostream.StreamClosedError:
