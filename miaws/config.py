@@ -72,6 +72,95 @@ class LimitsSettings:
         "Largest accepted frame in bytes; larger: close 1009.",
         expect="a positive whole number of bytes",
     )
+    messages_per_second: float = setting(
+        0.0,
+        "Messages a client may send per second (token bucket); over it: error rate-limited. "
+        "0: no limit.",
+        expect="a number of messages per second, 0 for no limit",
+    )
+    burst: int = setting(
+        0,
+        "Messages a client may send at once above the rate (bucket size); 0: one second's worth.",
+        expect="a whole number of messages, 0 for one second's worth",
+    )
+    flood_close_after: int = setting(
+        100,
+        "Close 1008 once a client's rate-limited messages outnumber its accepted ones by "
+        "this many; 0: never close.",
+        expect="a whole number of messages, 0 to never close",
+    )
+    max_connections: int = setting(
+        0,
+        "Connections this process accepts; one more is closed with 1013. 0: no limit.",
+        expect="a whole number of connections, 0 for no limit",
+    )
+    max_rooms_per_client: int = setting(
+        1000,
+        "Rooms one client may be in at once; joining one more: error forbidden. 0: no limit.",
+        expect="a whole number of rooms, 0 for no limit",
+    )
+    max_room_members: int = setting(
+        0,
+        "Members a room may have; joining a full room: error forbidden. 0: no limit.",
+        expect="a whole number of members, 0 for no limit",
+    )
+    max_queued_bytes: int = setting(
+        1048576,
+        "Bytes that may wait to be sent to one client; over it the client is closed "
+        "with 1013 (slow consumer). 0: no limit.",
+        expect="a whole number of bytes, 0 for no limit",
+    )
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    mode: Literal["none", "jwt", "token"] = setting(
+        "none", "How clients authenticate: none, jwt or token.", expect="one of none, jwt, token"
+    )
+    jwt_secret: str | None = setting(
+        None,
+        "Shared secret for HS256 JWTs.",
+        env="MIAWS_JWT_SECRET",
+        expect="a string",
+    )
+    jwt_public_key: str | None = setting(
+        None,
+        "RS256 public key: PEM text or the path of a PEM file.",
+        env="MIAWS_JWT_PUBLIC_KEY",
+        expect="PEM text or a file path",
+    )
+    jwt_audience: str | None = setting(
+        None, "Required 'aud' claim of JWTs; none: not checked.", expect="a string"
+    )
+    jwt_issuer: str | None = setting(
+        None, "Required 'iss' claim of JWTs; none: not checked.", expect="a string"
+    )
+    rooms_claim: str = setting(
+        "rooms",
+        "JWT claim listing the rooms the client may join; absent claim: any room.",
+        expect="a claim name",
+    )
+    tokens: dict[str, Any] = setting(
+        {},
+        "Static tokens (mode token): token -> user name, or -> {user, rooms}.",
+        expect="a mapping of token to user name or to {user, rooms}",
+    )
+    late_timeout: float = setting(
+        0.0,
+        "Seconds a connection without a token may stay open waiting for its "
+        '{"type":"auth"} first message; 0: the token must come with the upgrade.',
+        expect="a number of seconds",
+    )
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    allowed_origins: list[str] = setting(
+        [],
+        "Origins browsers may connect from (https://app.example.com, https://*.example.com, *); "
+        "empty: any.",
+        expect="a list of origins",
+    )
 
 
 @dataclass(frozen=True)
@@ -148,6 +237,8 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     plugins: PluginsSettings = field(default_factory=PluginsSettings)
     schemas: SchemasSettings = field(default_factory=SchemasSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
@@ -254,7 +345,9 @@ def _apply_env(source_env: Mapping[str, str], data: dict[str, dict[str, Any]]) -
             if env and source_env.get(env, "") != "":
                 raw = source_env[env]
                 try:
-                    value: Any = yaml.safe_load(raw) if hints[f.name] is not str else raw
+                    tp = hints[f.name]
+                    as_text = tp is str or str in typing.get_args(tp)  # secrets stay text
+                    value: Any = raw if as_text else yaml.safe_load(raw)
                     _coerce(hints[f.name], value)
                 except (ValueError, TypeError, yaml.YAMLError):
                     expect = f.metadata["expect"] or _describe(hints[f.name])
@@ -296,6 +389,7 @@ def _validate(s: Settings) -> None:
             " expected a positive whole number of bytes"
         )
     _validate_broker(src, s.broker)
+    _validate_limits(src, s)
 
 
 def _validate_broker(src: str, b: BrokerSettings) -> None:
@@ -312,6 +406,20 @@ def _validate_broker(src: str, b: BrokerSettings) -> None:
         raise ConfigError(
             f"{src}: broker.heartbeat has value {b.heartbeat:g}; expected a positive number "
             "of seconds"
+        )
+
+
+def _validate_limits(src: str, s: Settings) -> None:
+    for f in dataclasses.fields(s.limits):
+        value = getattr(s.limits, f.name)
+        if value < 0:
+            raise ConfigError(
+                f"{src}: limits.{f.name} has value {value:g}; expected {f.metadata['expect']}"
+            )
+    if s.auth.late_timeout < 0:
+        raise ConfigError(
+            f"{src}: auth.late_timeout has value {s.auth.late_timeout:g}; expected a number of "
+            "seconds"
         )
 
 

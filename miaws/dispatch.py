@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Awaitable
 from typing import Any
 
+from miaws.auth import room_allowed
 from miaws.clock import Clock
+from miaws.config import LimitsSettings
 from miaws.errors import (
+    CloseCode,
     Forbidden,
     InvalidJSON,
     InvalidMessage,
@@ -26,11 +30,46 @@ from miaws.errors import (
 )
 from miaws.hub import Hub, room_key, valid_room
 from miaws.plugins import Registry
+from miaws.ratelimit import FLOODING, RateLimiter
 from miaws.types import Client, Outgoing
 
 __all__ = ["Dispatcher", "Context", "valid_id"]
 
-_loads = json.loads
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number out of range: {text}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Strict JSON: NaN, Infinity and numbers beyond a double are refused (invalid-json) instead
+# of being echoed as tokens no JSON parser reads.  Both hooks run only on such tokens.
+_loads = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant).decode
+
+MAX_DEPTH = 128
+"""Deepest nesting accepted (invalid-json beyond): every reply must still encode."""
+_DEEP_TEXT = 2 * MAX_DEPTH  # a shorter text cannot nest that deep
+
+
+def _too_deep(text: str, value: Any) -> bool:
+    """True if value nests deeper than MAX_DEPTH; the text count keeps it cheap."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    level = [(value, 1)]
+    while level:
+        item, depth = level.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if type(item) is dict:
+            level.extend((v, depth + 1) for v in item.values())
+        elif type(item) is list:
+            level.extend((v, depth + 1) for v in item)
+    return False
 
 
 def valid_id(value: object) -> bool:
@@ -43,14 +82,22 @@ def valid_id(value: object) -> bool:
 class Context:
     """What a handler gets besides the message: the sender, the hub, and ways to answer."""
 
-    __slots__ = ("client", "hub", "clock", "message_id", "out")
+    __slots__ = ("client", "hub", "clock", "message_id", "out", "room_limits")
 
-    def __init__(self, client: Client, hub: Hub, clock: Clock, message_id: Any) -> None:
+    def __init__(
+        self,
+        client: Client,
+        hub: Hub,
+        clock: Clock,
+        message_id: Any,
+        room_limits: tuple[int, int] = (0, 0),
+    ) -> None:
         self.client = client
         self.hub = hub
         self.clock = clock
         self.message_id = message_id
         self.out: list[Outgoing] = []
+        self.room_limits = room_limits  # (max rooms per client, max room members); 0: none
 
     def timestamp(self) -> str:
         return self.clock.timestamp()
@@ -81,9 +128,29 @@ class Context:
 
     # Room names are the client's; the hub keys them by namespace (see hub.room_key).
     def join(self, room: str) -> bool:
-        """Add the sender to room; False if it was a member already."""
+        """Add the sender to room; False if it was a member already.
+
+        Raises :class:`Forbidden` when the client's token does not list the room, or when
+        ``limits.max_rooms_per_client`` or ``limits.max_room_members`` would be exceeded.
+        """
         self._check_room(room)
-        return self.hub.group_add(room_key(self.client.namespace, room), self.client)
+        client = self.client
+        key = room_key(client.namespace, room)
+        if not room_allowed(room, client.allowed_rooms):
+            raise Forbidden(f"Not allowed to join room {room}", {"room": room})
+        max_rooms, max_members = self.room_limits
+        if (max_rooms or max_members) and not self.hub.is_member(key, client):
+            if max_rooms and len(client.rooms) >= max_rooms:
+                raise Forbidden(
+                    f"Room limit reached: at most {max_rooms} rooms per client",
+                    {"room": room, "limit": "limits.max_rooms_per_client", "max": max_rooms},
+                )
+            if max_members and self.hub.room_size(key) >= max_members:
+                raise Forbidden(
+                    f"Room {room} is full: at most {max_members} members",
+                    {"room": room, "limit": "limits.max_room_members", "max": max_members},
+                )
+        return self.hub.group_add(key, client)
 
     def leave(self, room: str) -> None:
         """Take the sender out of room; raises :class:`NotInRoom` if it was not a member."""
@@ -103,11 +170,29 @@ class Context:
 class Dispatcher:
     """Turns client messages into outgoing messages; see the module docstring."""
 
-    def __init__(self, registry: Registry, hub: Hub, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        hub: Hub,
+        clock: Clock | None = None,
+        limits: LimitsSettings | None = None,
+    ) -> None:
         self.hub = hub
         self.clock = clock or Clock()
         self.registry = registry
         self.stats: Any = None  # optional metrics sink with .message(type) / .error(code)
+        self.limits = limits or LimitsSettings()
+
+    @property
+    def limits(self) -> LimitsSettings:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: LimitsSettings) -> None:
+        """``limits.*`` for rates and rooms; swapping them takes effect from the next message."""
+        self._limits = limits
+        self.limiter = RateLimiter.from_settings(limits)
+        self._room_limits = (limits.max_rooms_per_client, limits.max_room_members)
 
     @property
     def registry(self) -> Registry:
@@ -138,8 +223,12 @@ class Dispatcher:
         when the handler is async."""
         try:
             message = _loads(text)
-        except ValueError:
+            if len(text) > _DEEP_TEXT and _too_deep(text, message):
+                raise ValueError("nested too deeply")
+        except (ValueError, RecursionError):
             client.messages_in += 1
+            if self.limiter is not None and not self.limiter.allow(client):
+                return self._refuse(client, None)
             return [self.error(InvalidJSON("Message is not valid JSON"))]
         return self.handle_message(client, message)
 
@@ -148,6 +237,9 @@ class Dispatcher:
     ) -> list[Outgoing] | Awaitable[list[Outgoing]]:
         """Handle one decoded message (the Socket.IO adapter enters here)."""
         client.messages_in += 1
+        if self.limiter is not None and not self.limiter.allow(client):
+            mid = message.get("id") if type(message) is dict else None
+            return self._refuse(client, mid if valid_id(mid) else None)
         message_id = None
         try:
             if type(message) is not dict:
@@ -182,7 +274,7 @@ class Dispatcher:
                 verdict = self._authorize(client=client, message=message)
                 if verdict is False:
                     raise Forbidden(f"Not allowed: {kind}")
-            ctx = Context(client, self.hub, self.clock, message_id)
+            ctx = Context(client, self.hub, self.clock, message_id, self._room_limits)
             result = bound.descriptor.handler(ctx, message)
             if inspect.isawaitable(result):
                 return self._finish(ctx, result)
@@ -191,6 +283,14 @@ class Dispatcher:
             return ctx.out
         except MessageError as exc:
             return [self.error(exc, message_id)]
+
+    def _refuse(self, client: Client, message_id: Any) -> list[Outgoing]:
+        """A rate-limited message: error ``rate-limited``, or close 1008 for a flooder."""
+        assert self.limiter is not None
+        if self.limiter.flooding(client):
+            client.close(CloseCode.POLICY_VIOLATION, FLOODING)
+            return []
+        return [self.error(self.limiter.refusal(client), message_id)]
 
     async def _finish(
         self, ctx: Context, pending: Awaitable[dict[str, Any] | None]

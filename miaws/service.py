@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from miaws.auth import Authenticator
 from miaws.clock import Clock
 from miaws.config import Settings
 from miaws.dispatch import Dispatcher
@@ -33,7 +34,8 @@ class Service:
         self.settings = settings
         self.hub = hub
         self.clock = clock or Clock()
-        self.dispatcher = Dispatcher(registry, hub, self.clock)
+        self.dispatcher = Dispatcher(registry, hub, self.clock, settings.limits)
+        self.auth = Authenticator(settings)  # ConfigError on bad auth.* settings
         self.started = time.time()
         self.shutting_down = False
         sio = settings.socketio
@@ -96,6 +98,11 @@ class Service:
             ",".join(rooms),
         )
         self.hooks.client_disconnected(client=client, code=code, reason=reason)
+
+    def at_capacity(self) -> bool:
+        """True when ``limits.max_connections`` is reached: refuse the next client (1013)."""
+        limit = self.settings.limits.max_connections
+        return limit > 0 and self.hub.count() >= limit
 
     def new_client_id(self) -> str:
         return self.clock.new_client_id()

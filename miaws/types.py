@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from miaws.dispatch import Context
+    from miaws.ratelimit import TokenBucket
 
 __all__ = ["MessageType", "Handler", "Client", "Outgoing", "Encoded", "encode_json"]
 
@@ -54,7 +55,13 @@ class Encoded:
     def frame(self) -> bytes:
         """The unmasked WebSocket text frame (built once, on first use)."""
         if self._frame is None:
-            data = self.text.encode()
+            try:
+                data = self.text.encode()
+            except UnicodeEncodeError:
+                # A lone surrogate (from a "\\ud800" escape) cannot be UTF-8: send it escaped,
+                # as JavaScript's JSON.stringify does.
+                self.text = json.dumps(self.payload, separators=(",", ":"))
+                data = self.text.encode()
             n = len(data)
             if n < 126:
                 head = bytes((0x81, n))
@@ -91,6 +98,7 @@ class Client:
         "user",
         "namespace",
         "allowed_rooms",
+        "bucket",
         "__weakref__",
     )
 
@@ -116,6 +124,7 @@ class Client:
         self.user: str | None = None
         self.namespace = namespace
         self.allowed_rooms: frozenset[str] | None = None  # None: any room
+        self.bucket: TokenBucket | None = None  # rate limit state, made on first message
 
     def send(self, payload: dict[str, Any]) -> None:
         """Send one message to this client alone."""

@@ -10,15 +10,20 @@ close frame.  A client that misses its heartbeat is dropped at once and logged a
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import re
 from typing import Any
 
 import tornado.iostream
 import tornado.websocket
+from tornado.ioloop import IOLoop
 from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
 
+from miaws.auth import AuthError, Identity
 from miaws.errors import CloseCode
+from miaws.origins import origin_allowed
 from miaws.service import Service
 from miaws.types import Client, Encoded, Outgoing
 
@@ -47,6 +52,41 @@ class MiawsProtocol(WebSocketProtocol13):
             return
         super().close(code, reason)
 
+    lingering = False
+
+    def _abort(self) -> None:
+        if self.lingering:
+            return  # _linger aborts when done
+        stream = self.stream
+        if (
+            self.sent_close is not None
+            and not self.dead
+            and stream is not None
+            and not stream.closed()
+            and not stream.reading()
+        ):
+            # A close frame is on its way (1009 from Tornado's size check, or ours) and the
+            # frame reader gives up.  Closing now, with client data still unread, would make
+            # the kernel send a reset and the client would lose the close frame; so read and
+            # drop its input until it closes (2 s at most) first.
+            self.lingering = True
+            self.client_terminated = self.server_terminated = True
+            IOLoop.current().spawn_callback(self._linger)
+            return
+        super()._abort()
+
+    async def _linger(self, seconds: float = 2.0) -> None:
+        deadline = IOLoop.current().time() + seconds
+        try:
+            while True:
+                left = deadline - IOLoop.current().time()
+                await asyncio.wait_for(self.stream.read_bytes(65536, partial=True), left)
+        except (tornado.iostream.StreamClosedError, asyncio.TimeoutError):
+            pass
+        finally:
+            self.lingering = False
+            super()._abort()
+
     def _handle_message(self, opcode: int, data: bytes) -> Any:
         if opcode == 0x8:
             self.got_close_frame = True
@@ -66,18 +106,31 @@ class MiawsProtocol(WebSocketProtocol13):
 class NativeClient(Client):
     """A client of the native endpoint; writes prebuilt frames straight to its stream."""
 
-    __slots__ = ("handler",)
+    __slots__ = ("handler", "max_queued")
 
-    def __init__(self, handler: WebSocketEndpoint, client_id: str, **kw: Any) -> None:
+    def __init__(
+        self, handler: WebSocketEndpoint, client_id: str, max_queued: int = 0, **kw: Any
+    ) -> None:
         super().__init__(client_id, "ws", **kw)
         self.handler = handler
+        self.max_queued = max_queued  # limits.max_queued_bytes; 0: no cap
 
     def deliver(self, message: Encoded) -> None:
         conn = self.handler.ws_connection
         if conn is None or conn.is_closing() or conn.stream is None:
             return
+        stream = conn.stream
+        frame = message.frame
+        if self.max_queued:
+            # IOStream.write hands bytes to the kernel at once; what stays in _write_buffer
+            # is what the peer has not taken (Tornado has no public accessor for its size).
+            # An empty queue takes any frame, so one large message never trips the cap.
+            queued = len(stream._write_buffer)
+            if queued and queued + len(frame) > self.max_queued:
+                self.handler.slow_consumer(queued)
+                return
         try:
-            conn.stream.write(message.frame)
+            stream.write(frame)
         except tornado.iostream.StreamClosedError:
             return
         self.messages_out += 1
@@ -91,12 +144,35 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
 
     service: Service
     client: NativeClient | None = None
+    identity: Identity | None = None  # None after open: waiting for {"type":"auth"}
+    _late_timer: object | None = None
 
     def initialize(self, service: Service) -> None:
         self.service = service
 
+    def prepare(self) -> None:
+        """Authenticate before the upgrade: a missing or bad token is answered 401."""
+        try:
+            self.identity = self.service.auth.identify(
+                self.request.headers, self.request.query_arguments
+            )
+        except AuthError as exc:
+            log.info("upgrade refused (401) remote=%s: %s", self.request.remote_ip, exc)
+            self.set_status(401)
+            self.set_header("WWW-Authenticate", 'Bearer realm="miaws"')
+            self.finish(f"{exc}\n")
+
     def check_origin(self, origin: str) -> bool:
-        return True  # a public real-time endpoint: browsers from any page may connect
+        """Called by Tornado for cross-origin upgrades only; False answers 403."""
+        allowed = origin_allowed(origin, self.service.settings.security.allowed_origins)
+        if not allowed:
+            log.info("upgrade refused (403) remote=%s: origin %r", self.request.remote_ip, origin)
+        return allowed
+
+    def _request_summary(self) -> str:
+        # Access log lines must not carry the token.
+        uri = re.sub(r"(?<=[?&]token=)[^&]*", "***", self.request.uri or "")
+        return f"{self.request.method} {uri} ({self.request.remote_ip})"
 
     def get_websocket_protocol(self) -> WebSocketProtocol | None:
         protocol = super().get_websocket_protocol()
@@ -111,20 +187,68 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         if self.service.shutting_down:
             self.close(CloseCode.GOING_AWAY, "server shutting down")
             return
+        if self.service.at_capacity():
+            log.warning(
+                "connection refused remote=%s: limits.max_connections (%d) reached; closing "
+                "with 1013",
+                self.request.remote_ip,
+                self.service.settings.limits.max_connections,
+            )
+            self.close(CloseCode.TRY_AGAIN_LATER, "server full: try again later")
+            return
         self.set_nodelay(True)
+        if self.identity is None:  # auth.late_timeout: the first frame must be the token
+            self._late_timer = IOLoop.current().call_later(
+                self.service.auth.late_timeout, self._refuse, "authentication timed out"
+            )
+            return
+        self._start(self.identity)
+
+    def _start(self, identity: Identity) -> None:
         self.client = NativeClient(
             self,
             self.service.new_client_id(),
+            self.service.settings.limits.max_queued_bytes,
             remote_ip=self.request.remote_ip or "",
             user_agent=self.request.headers.get("User-Agent", ""),
             connected_at=self.service.clock.timestamp(),
         )
+        identity.apply(self.client)
         self.service.connect(self.client)
+
+    def _late_auth(self, message: str | bytes) -> None:
+        """The first frame of a connection that came without a token."""
+        if self._late_timer is None:
+            return  # refused already; frames still in flight are ignored
+        IOLoop.current().remove_timeout(self._late_timer)
+        self._late_timer = None
+        try:
+            identity = self.service.auth.identify_late(message)
+        except AuthError as exc:
+            self._refuse(str(exc))
+            return
+        self._start(identity)
+
+    def _refuse(self, reason: str) -> None:
+        self._late_timer = None
+        log.info("connection refused (1008) remote=%s: %s", self.request.remote_ip, reason)
+        self.close(CloseCode.POLICY_VIOLATION, reason[:120])
+
+    def slow_consumer(self, queued: int) -> None:
+        """The client stopped reading: close it before its queue grows without bound."""
+        log.warning(
+            "slow consumer clientId=%s: %d bytes queued, limits.max_queued_bytes is %d; "
+            "closing with 1013",
+            self.client.client_id if self.client else "?",
+            queued,
+            self.service.settings.limits.max_queued_bytes,
+        )
+        self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: too much data queued")
 
     def on_message(self, message: str | bytes) -> Any:
         client = self.client
         if client is None:
-            return None
+            return self._late_auth(message)
         if isinstance(message, bytes):
             self.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
             return None
@@ -154,6 +278,9 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def on_close(self) -> None:
+        if self._late_timer is not None:
+            IOLoop.current().remove_timeout(self._late_timer)
+            self._late_timer = None
         client, self.client = self.client, None
         if client is None:
             return

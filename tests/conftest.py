@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import tornado.web
 from helpers import ServerProcess
+from rawws import RawWS
 from redis_server import RedisServer
 
 from miaws.app import make_app
@@ -25,6 +26,7 @@ from miaws.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 Connect = Callable[..., Awaitable[Peer]]
+RawConnect = Callable[..., Awaitable[RawWS]]
 
 
 @pytest.fixture
@@ -74,6 +76,22 @@ def ws_connect(ws_url: str) -> Iterator[Connect]:
     yield connect
     for peer in peers:
         peer.close()
+
+
+@pytest.fixture
+def raw_connect(port: int) -> Iterator[RawConnect]:
+    """``await raw_connect(path, headers, rcvbuf)`` -> a :class:`RawWS` (tests/rawws.py) that
+    has done the handshake; aborted at teardown."""
+    conns: list[RawWS] = []
+
+    async def connect(*args: Any, **kw: Any) -> RawWS:
+        conn = await RawWS.open(port, *args, **kw)
+        conns.append(conn)
+        return conn
+
+    yield connect
+    for conn in conns:
+        conn.abort()
 
 
 @pytest.fixture
