@@ -20,12 +20,15 @@ import asyncio
 import inspect
 import logging
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import engineio.exceptions
 import socketio
 from socketio import packet
 
+from miaws.auth import AuthError
 from miaws.errors import CloseCode
+from miaws.origins import origin_allowed
 from miaws.service import Service
 from miaws.types import Client, Encoded, Outgoing
 
@@ -111,8 +114,22 @@ class SocketIOBridge:
     def handler(self) -> Any:
         """The Tornado request handler class to mount at :data:`PATH`."""
         base: Any = socketio.get_tornado_handler(self.sio)
+        allowed = self.service.settings.security.allowed_origins
 
         class Handler(base):  # type: ignore[misc]
+            def prepare(self) -> Any:
+                # security.allowed_origins, as on /ws: a foreign origin gets 403 before
+                # Engine.IO sees the request (same-origin pages are always allowed).
+                origin = self.request.headers.get("Origin")
+                if origin is not None and urlsplit(origin).netloc != self.request.host:
+                    if not origin_allowed(origin, allowed):
+                        log.info("Socket.IO refused (403) remote=%s: origin %r",
+                                 self.request.remote_ip, origin)
+                        self.set_status(403)
+                        self.finish()
+                        return None
+                return super().prepare()
+
             def open(self, *args: Any, **kwargs: Any) -> Any:
                 # As on /ws: without it Nagle holds the second of two small writes (reply
                 # event, then ack) until the client's delayed ACK, some 40 ms later.
@@ -170,6 +187,20 @@ class SocketIOBridge:
             return False
         if (namespace, sid) in self.clients:
             return True  # a client-sent "connect" event, not a connection
+        # Auth and capacity as on /ws; the token may also come in the Socket.IO auth payload.
+        # There is no late token here: a client without one is refused (connect_error).
+        token = auth.get("token") if isinstance(auth, dict) else None
+        headers = {"Authorization": environ.get("HTTP_AUTHORIZATION", "")}
+        try:
+            identity = self.service.auth.identify(
+                headers, parse_qs(environ.get("QUERY_STRING", "")), extra=token
+            )
+        except AuthError as exc:
+            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        if identity is None:
+            raise socketio.exceptions.ConnectionRefusedError("authentication required: no token")
+        if self.service.at_capacity():
+            raise socketio.exceptions.ConnectionRefusedError("server full: try again later")
         client = SocketIOClient(
             self,
             sid,
@@ -180,6 +211,7 @@ class SocketIOBridge:
             connected_at=self.service.clock.timestamp(),
             namespace=namespace,
         )
+        identity.apply(client)
         self.clients[namespace, sid] = client
         self.service.connect(client)
         return True

@@ -1,0 +1,63 @@
+"""Security on the Socket.IO endpoint: the same auth, origin list and connection cap as /ws."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import socketio
+import tornado.httpclient
+from sio_helpers import SioPeer
+
+from miaws.service import Service
+
+TOKENS = {"auth": {"mode": "token", "tokens": {"s3cret": {"user": "ann", "rooms": ["ok"]}}}}
+
+
+async def refused(port: int, **kw: Any) -> str:
+    """Connect and expect a refusal; the connect_error message the server gave."""
+    client = socketio.AsyncClient(reconnection=False)
+    reasons: list[Any] = []
+    client.on("connect_error", reasons.append)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(
+            f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=5, **kw
+        )
+    await client.disconnect()
+    return str(reasons)
+
+
+@pytest.mark.config(TOKENS)
+async def test_token_required_and_applied(port: int, service: Service) -> None:
+    """No or bad token: connect_error; a good one (auth payload or query) sets user and rooms."""
+    assert "no token" in await refused(port)
+    assert "authentication failed" in await refused(port, auth={"token": "wrong"})
+    peer = await SioPeer.connect(f"http://127.0.0.1:{port}", auth={"token": "s3cret"})
+    try:
+        (info,) = service.clients_info()
+        assert info["user"] == "ann" and info["transport"] == "socket.io"
+        assert (await peer.call("join-room", {"room": "ok"}))["type"] == "room-joined"
+        denied = await peer.call("join-room", {"room": "other"})
+        assert denied["type"] == "error" and denied["code"] == "forbidden"
+    finally:
+        await peer.close()
+    query = await SioPeer.connect(f"http://127.0.0.1:{port}?token=s3cret")
+    await query.close()
+
+
+@pytest.mark.config({"security": {"allowed_origins": ["https://app.example.com"]}})
+async def test_foreign_origin_gets_403(port: int) -> None:
+    """A foreign Origin is refused with 403 before Engine.IO; a listed one connects."""
+    url = f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=polling"
+    client = tornado.httpclient.AsyncHTTPClient()
+    bad = await client.fetch(url, headers={"Origin": "https://evil.example"}, raise_error=False)
+    assert bad.code == 403
+    good = await client.fetch(url, headers={"Origin": "https://app.example.com"}, raise_error=False)
+    assert good.code == 200
+
+
+@pytest.mark.config({"limits": {"max_connections": 1}})
+async def test_connection_cap(port: int, ws_connect: Any) -> None:
+    """Over limits.max_connections a Socket.IO client is refused (connect_error)."""
+    await ws_connect()
+    assert "server full" in await refused(port)
