@@ -100,6 +100,25 @@ class LoggingSettings:
     level: Literal["debug", "info", "warning", "error"] = setting(
         "info", "Log level.", expect="one of debug, info, warning, error"
     )
+    format: Literal["text", "json"] = setting(
+        "text",
+        "text: one readable line per event; json: one JSON object per line.",
+        expect="one of text, json",
+    )
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    keys: list[str] = setting(
+        [],
+        "Bearer keys for /api/*; empty (and no MIAWS_API_KEY): the API is open.",
+        expect="a list of non-empty strings",
+    )
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    enabled: bool = setting(True, "Serve the web console at /.", expect="true or false")
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,8 @@ class Settings:
     plugins: PluginsSettings = field(default_factory=PluginsSettings)
     schemas: SchemasSettings = field(default_factory=SchemasSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     source: str = field(default="defaults", compare=False)
     """Where the settings came from (file path or 'defaults'), for messages."""
 
@@ -246,6 +267,8 @@ def _validate(s: Settings) -> None:
             f"{src}: limits.max_message_bytes has value {s.limits.max_message_bytes};"
             " expected a positive whole number of bytes"
         )
+    if any(not key.strip() for key in s.api.keys):
+        raise ConfigError(f"{src}: api.keys has an empty key; expected a list of non-empty strings")
 
 
 def build_settings(

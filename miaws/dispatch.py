@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Awaitable
+from time import perf_counter
 from typing import Any
 
 from miaws.clock import Clock
@@ -26,6 +27,7 @@ from miaws.errors import (
 )
 from miaws.hub import Hub, valid_room
 from miaws.plugins import Registry
+from miaws.stats import Stats
 from miaws.types import Client, Outgoing
 
 __all__ = ["Dispatcher", "Context", "valid_id"]
@@ -104,7 +106,7 @@ class Dispatcher:
         self.hub = hub
         self.clock = clock or Clock()
         self.registry = registry
-        self.stats: Any = None  # optional metrics sink with .message(type) / .error(code)
+        self.stats: Stats | None = None  # counters behind /metrics (the Service sets them)
 
     @property
     def registry(self) -> Registry:
@@ -118,6 +120,8 @@ class Dispatcher:
         self._authorize = registry.pm.hook.authorize_message if registry.has_authorizers else None
 
     def error(self, exc: MessageError, message_id: Any = None) -> Outgoing:
+        if self.stats is not None:
+            self.stats.errors[exc.code] += 1
         payload: dict[str, Any] = {
             "type": "error",
             "code": exc.code,
@@ -180,9 +184,13 @@ class Dispatcher:
                 if verdict is False:
                     raise Forbidden(f"Not allowed: {kind}")
             ctx = Context(client, self.hub, self.clock, message_id)
+            stats = self.stats
+            started = perf_counter() if stats is not None else 0.0
             result = bound.descriptor.handler(ctx, message)
             if inspect.isawaitable(result):
-                return self._finish(ctx, result)
+                return self._finish(ctx, result, kind, started)
+            if stats is not None:
+                stats.handled(kind, perf_counter() - started)
             if result is not None:
                 ctx.reply(result)
             return ctx.out
@@ -190,12 +198,19 @@ class Dispatcher:
             return [self.error(exc, message_id)]
 
     async def _finish(
-        self, ctx: Context, pending: Awaitable[dict[str, Any] | None]
+        self,
+        ctx: Context,
+        pending: Awaitable[dict[str, Any] | None],
+        kind: str,
+        started: float,
     ) -> list[Outgoing]:
         try:
             result = await pending
         except MessageError as exc:
             return [self.error(exc, ctx.message_id)]
+        finally:
+            if self.stats is not None:
+                self.stats.handled(kind, perf_counter() - started)
         if result is not None:
             ctx.reply(result)
         return ctx.out

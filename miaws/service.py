@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from miaws.clock import Clock
@@ -17,6 +18,7 @@ from miaws.dispatch import Dispatcher
 from miaws.errors import close_meaning
 from miaws.hub import Hub, MemoryHub
 from miaws.plugins import Registry, build_registry
+from miaws.stats import Stats
 from miaws.types import Client, Outgoing
 
 __all__ = ["Service"]
@@ -34,8 +36,12 @@ class Service:
         self.hub = hub
         self.clock = clock or Clock()
         self.dispatcher = Dispatcher(registry, hub, self.clock)
+        self.stats = Stats()  # plain counters behind /metrics
+        self.dispatcher.stats = self.stats
         self.started = time.time()
         self.shutting_down = False
+        self.config_path: Path | None = None  # what a reload re-reads (None: defaults)
+        self.port_override: int | None = None  # `serve --port`, kept across reloads
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Service:
@@ -64,7 +70,9 @@ class Service:
     def connect(self, client: Client) -> None:
         """Register client, send its welcome, tell the plugins."""
         self.hub.add(client)
+        self.stats.connected(client.transport)
         client.send(self.welcome(client))
+        self.stats.messages_out["welcome"] += 1
         log.debug(
             "client connected clientId=%s transport=%s remote=%s",
             client.client_id,
@@ -77,6 +85,7 @@ class Service:
         """Remove client from the hub, log one line, tell the plugins."""
         rooms = sorted(client.rooms)
         self.hub.remove(client)
+        self.stats.disconnected(client.transport, code, reason)
         client.rooms.update(rooms)  # the hook and the log still see where it was
         duration = time.monotonic() - client.started
         note = f" {reason}" if reason else ""
@@ -91,6 +100,15 @@ class Service:
             note,
             duration,
             ",".join(rooms),
+            extra={
+                "event": "disconnect",
+                "clientId": client.client_id,
+                "transport": client.transport,
+                "code": code,
+                "reason": reason,
+                "duration": round(duration, 3),
+                "rooms": rooms,
+            },
         )
         self.hooks.client_disconnected(client=client, code=code, reason=reason)
 
@@ -100,11 +118,13 @@ class Service:
     # ------------------------------------------------------------ delivery
     def deliver(self, client: Client, outgoing: list[Outgoing]) -> None:
         """Send what the dispatcher produced: replies to client, broadcasts through the hub."""
+        sent = self.stats.messages_out
         for out in outgoing:
             if out.broadcast:
-                self.hub.group_send(out.room, out.payload)
+                sent[out.payload["type"]] += self.hub.group_send(out.room, out.payload)
             else:
                 client.send(out.payload)
+                sent[out.payload["type"]] += 1
 
     # ------------------------------------------------------------ registry views
     def connected_count(self) -> int:
