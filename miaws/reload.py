@@ -87,15 +87,20 @@ def reload_config(service: Service, app: tornado.web.Application) -> ReloadResul
         registry = None
         if any(k.startswith(("plugins.", "schemas.")) for k in live):
             registry = build_registry(fresh)
-    except ConfigError as exc:
-        log.error("config reload refused, running configuration kept: %s", exc)
-        return ReloadResult(source, error=str(exc))
+            registry.pm.hook.startup(service=service)
+    except Exception as exc:  # a ConfigError, or a plugin failing in its startup hook
+        error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+        log.error(
+            "config reload refused, running configuration kept: %s",
+            error,
+            extra={"event": "reload-refused"},
+        )
+        return ReloadResult(source, error=error)
     kept = {name: getattr(service.settings, name) for name in sections()}
     applied = {name: getattr(fresh, name) for name in LIVE_SECTIONS}
     service.settings = dataclasses.replace(fresh, **{**kept, **applied})
     if registry is not None:
         service.dispatcher.registry = registry
-        registry.pm.hook.startup(service=service)
     app.settings["websocket_max_message_size"] = fresh.limits.max_message_bytes
     if any(k.startswith("logging.") for k in live):
         configure_logging(service.settings)

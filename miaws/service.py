@@ -121,10 +121,10 @@ class Service:
         sent = self.stats.messages_out
         for out in outgoing:
             if out.broadcast:
-                sent[out.payload["type"]] += self.hub.group_send(out.room, out.payload)
+                sent[out.payload.get("type", "")] += self.hub.group_send(out.room, out.payload)
             else:
                 client.send(out.payload)
-                sent[out.payload["type"]] += 1
+                sent[out.payload.get("type", "")] += 1
 
     # ------------------------------------------------------------ registry views
     def connected_count(self) -> int:

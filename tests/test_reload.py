@@ -181,3 +181,21 @@ async def test_sighup_reloads_plugins_and_log_format(server_process: Any) -> Non
     assert (gone["code"], gone["reason"], gone["level"]) == (1000, "closed by client", "info")
     assert isinstance(gone["duration"], float) and gone["duration"] >= 0
     assert server.proc.poll() is None
+
+
+async def test_plugin_failing_at_startup_is_refused(
+    http_server_client: Any, ws_connect: Connect, service: Service, config_file: Path
+) -> None:
+    """A newly enabled plugin whose startup hook raises: refused, the old plugins stay."""
+    plugin_dir = config_file.parent / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "boom.py").write_text(
+        "from miaws import hookimpl\n\n"
+        "@hookimpl\ndef startup(service):\n    raise RuntimeError('no database')\n"
+    )
+    peer = await ws_connect()
+    write_config(config_file, plugins={"enabled": ["ping", "boom"], "paths": [str(plugin_dir)]})
+    status, body = await reload(http_server_client)
+    assert (status, body["error"]) == (422, "RuntimeError: no database")
+    assert {p["name"] for p in service.registry.plugins_info()} == set(ALL)
+    expect_type(await peer.request({"type": "echo", "message": 1}), "echo")
