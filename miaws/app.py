@@ -6,8 +6,11 @@ from typing import Any
 
 import tornado.web
 
+from miaws.adminapi import PublishHandler, ReloadHandler
 from miaws.httpapi import ClientsHandler, HealthHandler, PluginsHandler, RoomsHandler
+from miaws.metrics import MetricsHandler, metrics_registry
 from miaws.service import Service
+from miaws.webconsole import console_routes
 from miaws.ws import WebSocketEndpoint
 
 __all__ = ["make_app"]
@@ -31,6 +34,10 @@ def make_app(service: Service) -> tornado.web.Application:
         (r"/api/clients", ClientsHandler, kw),
         (r"/api/rooms", RoomsHandler, kw),
         (r"/api/plugins", PluginsHandler, kw),
+        (r"/api/publish", PublishHandler, kw),
+        (r"/api/reload", ReloadHandler, kw),
+        (r"/metrics", MetricsHandler, {"registry": metrics_registry(service)}),
+        *console_routes(service),
     ]
     if service.settings.socketio.enabled:
         from miaws.sio import PATH, SocketIOBridge  # python-socketio only when it is used

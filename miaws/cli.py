@@ -1,4 +1,4 @@
-"""The ``miaws`` command: ``serve``, ``health``, ``check``.
+"""The ``miaws`` command: ``serve``, ``health``, ``check``, ``clients``, ``rooms``.
 
 Exit codes: 0 success, 1 a check failed, 2 bad configuration or usage.
 """
@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from miaws.config import ConfigError, Settings, config_path, load_settings
 
@@ -24,27 +25,33 @@ def default_url() -> str:
     return f"ws://127.0.0.1:{os.environ.get('PORT') or 3001}/ws"
 
 
+def default_http_url() -> str:
+    return f"http://127.0.0.1:{os.environ.get('PORT') or 3001}"
+
+
 def setup_logging(settings: Settings) -> None:
-    level = getattr(logging, settings.logging.level.upper())
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    # One line per HTTP request (and per WebSocket upgrade) is noise below debug.
-    logging.getLogger("tornado.access").setLevel(max(level, logging.WARNING))
+    from miaws.logs import configure_logging
+
+    configure_logging(settings)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(
+    settings: Settings, path: Path | None = None, port_override: int | None = None
+) -> None:
     from miaws.app import make_app
+    from miaws.reload import reload_config
     from miaws.service import Service
 
     service = Service.from_settings(settings)
     await service.hub.start()
+    service.config_path, service.port_override = path, port_override
     app = make_app(service)
     server = app.listen(settings.server.port, address=settings.server.host, backlog=1024)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, service, app)
     log.info(
         "miaws listening on http://%s:%d (WebSocket at %s), plugins: %s",
         settings.server.host,
@@ -68,11 +75,12 @@ async def serve(settings: Settings) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(config_path(args.config))
+        path = config_path(args.config)
+        settings = load_settings(path)
         if args.port is not None:
             settings = _with_port(settings, args.port)
         setup_logging(settings)
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, path, args.port))
     except ConfigError as exc:
         print(f"miaws: {exc}", file=sys.stderr)
         return 2
@@ -110,6 +118,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if failed == 0 else 1
 
 
+def cmd_registry(args: argparse.Namespace) -> int:
+    from miaws.admin import AdminError, clients_table, fetch, rooms_table
+
+    key = args.api_key or os.environ.get("MIAWS_API_KEY") or None
+    try:
+        if args.command == "clients":
+            print(clients_table(fetch(args.url, "/api/clients", key, args.timeout)))
+        else:
+            print(rooms_table(fetch(args.url, "/api/rooms", key, args.timeout)))
+    except AdminError as exc:
+        print(f"miaws: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="miaws", description="A real-time WebSocket server.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -132,6 +155,12 @@ def parser() -> argparse.ArgumentParser:
         "--max-message-bytes", type=int, default=65536, help="the server's limits.max_message_bytes"
     )
     c.set_defaults(func=cmd_check)
+    for name, what in (("clients", "connected clients"), ("rooms", "rooms and member counts")):
+        r = sub.add_parser(name, help=f"print a running server's {what} as a table")
+        r.add_argument("url", nargs="?", default=default_http_url(), help="server URL")
+        r.add_argument("--api-key", help="bearer key for /api (default: $MIAWS_API_KEY)")
+        r.add_argument("--timeout", type=float, default=5.0)
+        r.set_defaults(func=cmd_registry)
     return p
 
 

@@ -190,6 +190,25 @@ class LoggingSettings:
     level: Literal["debug", "info", "warning", "error"] = setting(
         "info", "Log level.", expect="one of debug, info, warning, error"
     )
+    format: Literal["text", "json"] = setting(
+        "text",
+        "text: one readable line per event; json: one JSON object per line.",
+        expect="one of text, json",
+    )
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    keys: list[str] = setting(
+        [],
+        "Bearer keys for /api/*; empty (and no MIAWS_API_KEY): the API is open.",
+        expect="a list of non-empty strings",
+    )
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    enabled: bool = setting(True, "Serve the web console at /.", expect="true or false")
 
 
 @dataclass(frozen=True)
@@ -244,6 +263,8 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     socketio: SocketIOSettings = field(default_factory=SocketIOSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     source: str = field(default="defaults", compare=False)
     """Where the settings came from (file path or 'defaults'), for messages."""
 
@@ -390,6 +411,8 @@ def _validate(s: Settings) -> None:
         )
     _validate_broker(src, s.broker)
     _validate_limits(src, s)
+    if any(not key.strip() for key in s.api.keys):
+        raise ConfigError(f"{src}: api.keys has an empty key; expected a list of non-empty strings")
 
 
 def _validate_broker(src: str, b: BrokerSettings) -> None:

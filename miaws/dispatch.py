@@ -14,6 +14,7 @@ import inspect
 import json
 import math
 from collections.abc import Awaitable
+from time import perf_counter
 from typing import Any
 
 from miaws.auth import room_allowed
@@ -31,6 +32,7 @@ from miaws.errors import (
 from miaws.hub import Hub, room_key, valid_room
 from miaws.plugins import Registry
 from miaws.ratelimit import FLOODING, RateLimiter
+from miaws.stats import Stats
 from miaws.types import Client, Outgoing
 
 __all__ = ["Dispatcher", "Context", "valid_id"]
@@ -180,7 +182,6 @@ class Dispatcher:
         self.hub = hub
         self.clock = clock or Clock()
         self.registry = registry
-        self.stats: Any = None  # optional metrics sink with .message(type) / .error(code)
         self.limits = limits or LimitsSettings()
 
     @property
@@ -193,6 +194,7 @@ class Dispatcher:
         self._limits = limits
         self.limiter = RateLimiter.from_settings(limits)
         self._room_limits = (limits.max_rooms_per_client, limits.max_room_members)
+        self.stats: Stats | None = None  # counters behind /metrics (the Service sets them)
 
     @property
     def registry(self) -> Registry:
@@ -206,6 +208,8 @@ class Dispatcher:
         self._authorize = registry.pm.hook.authorize_message if registry.has_authorizers else None
 
     def error(self, exc: MessageError, message_id: Any = None) -> Outgoing:
+        if self.stats is not None:
+            self.stats.errors[exc.code] += 1
         payload: dict[str, Any] = {
             "type": "error",
             "code": exc.code,
@@ -275,9 +279,13 @@ class Dispatcher:
                 if verdict is False:
                     raise Forbidden(f"Not allowed: {kind}")
             ctx = Context(client, self.hub, self.clock, message_id, self._room_limits)
+            stats = self.stats
+            started = perf_counter() if stats is not None else 0.0
             result = bound.descriptor.handler(ctx, message)
             if inspect.isawaitable(result):
-                return self._finish(ctx, result)
+                return self._finish(ctx, result, kind, started)
+            if stats is not None:
+                stats.handled(kind, perf_counter() - started)
             if result is not None:
                 ctx.reply(result)
             return ctx.out
@@ -293,12 +301,19 @@ class Dispatcher:
         return [self.error(self.limiter.refusal(client), message_id)]
 
     async def _finish(
-        self, ctx: Context, pending: Awaitable[dict[str, Any] | None]
+        self,
+        ctx: Context,
+        pending: Awaitable[dict[str, Any] | None],
+        kind: str,
+        started: float,
     ) -> list[Outgoing]:
         try:
             result = await pending
         except MessageError as exc:
             return [self.error(exc, ctx.message_id)]
+        finally:
+            if self.stats is not None:
+                self.stats.handled(kind, perf_counter() - started)
         if result is not None:
             ctx.reply(result)
         return ctx.out

@@ -38,7 +38,8 @@ def register_message_types() -> list[MessageType]:
 
 @hookspec
 def startup(service: Any) -> None:
-    """Called once when the server has been built, before it accepts connections.
+    """Called once when the server has been built, before it accepts connections, and again
+    for the new plugin registry when a config reload changes ``plugins`` or ``schemas``.
 
     :param service: the :class:`miaws.service.Service` (hub, settings, counts).
     """

@@ -7,6 +7,7 @@ from typing import Any
 
 import tornado.web
 
+from miaws.apiauth import api_keys, check_bearer
 from miaws.cluster import BrokerUnavailable
 from miaws.service import Service
 
@@ -20,6 +21,18 @@ class JSONHandler(tornado.web.RequestHandler):
 
     def initialize(self, service: Service) -> None:
         self.service = service
+
+    def prepare(self) -> None:
+        """``/api/*`` needs a bearer key when keys are configured (see miaws.apiauth)."""
+        if self.request.path.startswith("/api/"):
+            status = check_bearer(
+                self.request.headers.get("Authorization"), api_keys(self.service.settings)
+            )
+            if status == 401:
+                self.set_header("WWW-Authenticate", 'Bearer realm="miaws"')
+                self.send_json({"error": "API key required"}, 401)
+            elif status == 403:
+                self.send_json({"error": "API key not accepted"}, 403)
 
     def send_json(self, body: Any, status: int = 200) -> None:
         self.set_status(status)

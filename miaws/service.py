@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from miaws.auth import Authenticator
@@ -18,6 +19,7 @@ from miaws.dispatch import Dispatcher
 from miaws.errors import close_meaning
 from miaws.hub import Hub, make_hub, send_to_namespace
 from miaws.plugins import Registry, build_registry
+from miaws.stats import Stats
 from miaws.types import Client, Outgoing
 
 __all__ = ["Service"]
@@ -41,6 +43,10 @@ class Service:
         sio = settings.socketio
         # With Socket.IO namespaces besides "/", a broadcast to all stays in its namespace.
         self.namespaced = sio.enabled and set(sio.namespaces) != {"/"}
+        self.stats = Stats()  # plain counters behind /metrics
+        self.dispatcher.stats = self.stats
+        self.config_path: Path | None = None  # what a reload re-reads (None: defaults)
+        self.port_override: int | None = None  # `serve --port`, kept across reloads
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Service:
@@ -69,7 +75,9 @@ class Service:
     def connect(self, client: Client) -> None:
         """Register client, send its welcome, tell the plugins."""
         self.hub.add(client)
+        self.stats.connected(client.transport)
         client.send(self.welcome(client))
+        self.stats.messages_out["welcome"] += 1
         log.debug(
             "client connected clientId=%s transport=%s remote=%s",
             client.client_id,
@@ -82,6 +90,7 @@ class Service:
         """Remove client from the hub, log one line, tell the plugins."""
         rooms = sorted(client.rooms)
         self.hub.remove(client)
+        self.stats.disconnected(client.transport, code, reason)
         client.rooms.update(rooms)  # the hook and the log still see where it was
         duration = time.monotonic() - client.started
         note = f" {reason}" if reason else ""
@@ -96,6 +105,15 @@ class Service:
             note,
             duration,
             ",".join(rooms),
+            extra={
+                "event": "disconnect",
+                "clientId": client.client_id,
+                "transport": client.transport,
+                "code": code,
+                "reason": reason,
+                "duration": round(duration, 3),
+                "rooms": rooms,
+            },
         )
         self.hooks.client_disconnected(client=client, code=code, reason=reason)
 
@@ -110,14 +128,17 @@ class Service:
     # ------------------------------------------------------------ delivery
     def deliver(self, client: Client, outgoing: list[Outgoing]) -> None:
         """Send what the dispatcher produced: replies to client, broadcasts through the hub."""
+        sent = self.stats.messages_out
         for out in outgoing:
             if out.broadcast:
                 if out.room is None and self.namespaced:
-                    send_to_namespace(self.hub, client.namespace, out.payload)
+                    n = send_to_namespace(self.hub, client.namespace, out.payload)
                 else:
-                    self.hub.group_send(out.room, out.payload)
+                    n = self.hub.group_send(out.room, out.payload)
+                sent[out.payload.get("type", "")] += n
             else:
                 client.send(out.payload)
+                sent[out.payload.get("type", "")] += 1
 
     # ------------------------------------------------------------ registry views
     def connected_count(self) -> int:

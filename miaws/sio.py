@@ -123,8 +123,11 @@ class SocketIOBridge:
                 origin = self.request.headers.get("Origin")
                 if origin is not None and urlsplit(origin).netloc != self.request.host:
                     if not origin_allowed(origin, allowed):
-                        log.info("Socket.IO refused (403) remote=%s: origin %r",
-                                 self.request.remote_ip, origin)
+                        log.info(
+                            "Socket.IO refused (403) remote=%s: origin %r",
+                            self.request.remote_ip,
+                            origin,
+                        )
                         self.set_status(403)
                         self.finish()
                         return None

@@ -1,0 +1,167 @@
+// The miaws console: polls the operators' API and drives one WebSocket connection.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const WS_PATH = document.body.dataset.wsPath || "/ws";
+const POLL_MS = 1000;
+let apiKey = sessionStorage.getItem("miaws-api-key") || "";
+let socket = null;
+let nextId = 1;
+
+// ------------------------------------------------------------------ registry (polling)
+async function api(path) {
+  const headers = apiKey ? { Authorization: "Bearer " + apiKey } : {};
+  const response = await fetch(path, { headers, cache: "no-store" });
+  if (response.status === 401 || response.status === 403) {
+    $("apikey-form").hidden = false;
+    $("apikey-error").textContent = response.status === 403 ? "key not accepted" : "";
+    throw new Error("unauthorised");
+  }
+  if (!response.ok) throw new Error(path + ": HTTP " + response.status);
+  return response.json();
+}
+
+function cell(row, text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  row.appendChild(td);
+}
+
+function fillTable(tbody, rows, empty) {
+  tbody.replaceChildren();
+  if (rows.length === 0) {
+    const tr = document.createElement("tr");
+    const td = document.createElement("td");
+    td.colSpan = 6;
+    td.className = "empty";
+    td.textContent = empty;
+    tr.appendChild(td);
+    tbody.appendChild(tr);
+  }
+  for (const values of rows) {
+    const tr = document.createElement("tr");
+    values.forEach((v) => cell(tr, v));
+    tbody.appendChild(tr);
+  }
+}
+
+function formatUptime(seconds) {
+  const s = Math.floor(seconds);
+  if (s < 60) return s + "s";
+  if (s < 3600) return Math.floor(s / 60) + "m " + (s % 60) + "s";
+  return Math.floor(s / 3600) + "h " + Math.floor((s % 3600) / 60) + "m";
+}
+
+async function refresh() {
+  try {
+    const health = await (await fetch("/health", { cache: "no-store" })).json();
+    $("conn-count").textContent = health.connections;
+    $("room-count").textContent = health.rooms;
+    $("uptime").textContent = formatUptime(health.uptime);
+    $("server-status").textContent = health.status;
+    $("server-status").className = health.status === "ok" ? "good" : "bad";
+  } catch (e) {
+    $("server-status").textContent = "down";
+    $("server-status").className = "bad";
+    return;
+  }
+  try {
+    const clients = await api("/api/clients");
+    const myId = socket && socket.clientId;
+    fillTable($("clients"), clients.map((c) => [
+      c.clientId + (c.clientId === myId ? " (this page)" : ""),
+      c.transport, c.remoteAddress, c.rooms.join(", "), c.messagesIn, c.messagesOut,
+    ]), "no clients connected");
+    const rooms = await api("/api/rooms");
+    fillTable($("rooms"), Object.entries(rooms).map(([name, n]) => [name, n]), "no rooms");
+    $("apikey-form").hidden = true;
+  } catch (e) {
+    /* shown in the key form or on the next poll */
+  }
+}
+
+$("apikey-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  apiKey = $("apikey").value.trim();
+  sessionStorage.setItem("miaws-api-key", apiKey);
+  refresh();
+});
+
+// ------------------------------------------------------------------ WebSocket panel
+function logLine(direction, data) {
+  const li = document.createElement("li");
+  li.className = direction;
+  let type = "";
+  try { type = JSON.parse(data).type || ""; } catch (e) { /* not JSON */ }
+  li.dataset.type = type;
+  const time = document.createElement("time");
+  time.textContent = new Date().toISOString().slice(11, 23);
+  const arrow = document.createElement("span");
+  arrow.className = "dir";
+  arrow.textContent = { in: "←", out: "→", sys: "•" }[direction];
+  const body = document.createElement("code");
+  body.textContent = data;
+  li.append(time, arrow, body);
+  const log = $("log");
+  log.appendChild(li);
+  log.scrollTop = log.scrollHeight;
+}
+
+function setConnected(connected) {
+  for (const id of ["ping", "echo", "broadcast", "join", "leave"]) $(id).disabled = !connected;
+  $("connect").textContent = connected ? "Disconnect" : "Connect";
+}
+
+function connect() {
+  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + WS_PATH;
+  const ws = new WebSocket(url);
+  socket = ws;
+  $("ws-status").textContent = "connecting to " + url;
+  ws.onopen = () => { setConnected(true); logLine("sys", "connected to " + url); };
+  ws.onmessage = (event) => {
+    logLine("in", event.data);
+    try {
+      const msg = JSON.parse(event.data);
+      if (msg.type === "welcome") {
+        ws.clientId = msg.clientId;
+        $("ws-status").textContent = "connected as " + msg.clientId;
+      }
+    } catch (e) { /* shown as received */ }
+  };
+  ws.onclose = (event) => {
+    if (socket === ws) socket = null;
+    setConnected(false);
+    $("ws-status").textContent = "disconnected";
+    logLine("sys", "closed: code " + event.code + (event.reason ? " (" + event.reason + ")" : ""));
+  };
+}
+
+// A field's text as JSON when it parses, else as a string.
+function value(id) {
+  const text = $(id).value;
+  try { return JSON.parse(text); } catch (e) { return text; }
+}
+
+function send(message) {
+  if (!socket || socket.readyState !== WebSocket.OPEN) return;
+  message.id = nextId++;
+  const text = JSON.stringify(message);
+  socket.send(text);
+  logLine("out", text);
+}
+
+$("connect").addEventListener("click", () => (socket ? socket.close(1000) : connect()));
+$("ping").addEventListener("click", () => send({ type: "ping" }));
+$("echo").addEventListener("click", () => send({ type: "echo", message: value("echo-text") }));
+$("broadcast").addEventListener("click", () => {
+  const message = { type: "broadcast", message: value("bc-text") };
+  const room = $("bc-room").value.trim();
+  if (room) message.room = room;
+  send(message);
+});
+$("join").addEventListener("click", () => send({ type: "join-room", room: $("room").value.trim() }));
+$("leave").addEventListener("click", () => send({ type: "leave-room", room: $("room").value.trim() }));
+$("clear").addEventListener("click", () => $("log").replaceChildren());
+
+refresh();
+setInterval(refresh, POLL_MS);

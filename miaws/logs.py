@@ -1,0 +1,69 @@
+"""Logging set-up: ``logging.format: text`` (readable lines) or ``json`` (one object a line).
+
+A JSON line always has ``time``, ``level``, ``logger``, ``event`` and ``message``; fields a
+log call passes with ``extra=`` (``clientId``, ``code``, ``reason``, ``duration``, ...) are
+added as they are.  :func:`configure_logging` can run again (config reload): it replaces its
+own handler's formatter and the level, and leaves other handlers alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from miaws.config import Settings
+
+__all__ = ["JSONFormatter", "configure_logging", "TEXT_FORMAT"]
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per record, with the record's ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": getattr(record, "event", "log"),
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key not in entry:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class _MiawsHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler configure_logging installs (recognised again on reload)."""
+
+
+def configure_logging(settings: Settings) -> None:
+    """Set the level and format of the process's logging from settings."""
+    level = getattr(logging, settings.logging.level.upper())
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if isinstance(h, _MiawsHandler)), None)
+    if handler is None:
+        for old in list(root.handlers):  # what basicConfig(force=True) would drop
+            if type(old) is logging.StreamHandler:
+                root.removeHandler(old)
+        handler = _MiawsHandler(sys.stderr)
+        root.addHandler(handler)
+    formatter: logging.Formatter = (
+        JSONFormatter() if settings.logging.format == "json" else logging.Formatter(TEXT_FORMAT)
+    )
+    handler.setFormatter(formatter)
+    root.setLevel(level)
+    # One line per HTTP request (and per WebSocket upgrade) is noise below debug.
+    logging.getLogger("tornado.access").setLevel(max(level, logging.WARNING))

@@ -1,0 +1,116 @@
+"""``GET /metrics``: the service's :class:`~miaws.stats.Stats` in Prometheus text format.
+
+A custom collector turns the plain counters into metric families at scrape time, so the
+per-message path never calls prometheus-client.  Each service has its own
+``CollectorRegistry`` (several services in one process, as in tests, do not clash); it also
+carries the standard ``process_*`` metrics (CPU, memory, open files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import tornado.web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from miaws.service import Service
+
+__all__ = ["MiawsCollector", "metrics_registry", "MetricsHandler"]
+
+
+class MiawsCollector(Collector):
+    """Reads a service's counters when Prometheus scrapes."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.service.stats
+        conns = GaugeMetricFamily(
+            "miaws_connections", "Open client connections.", labels=["transport"]
+        )
+        for transport, count in sorted(stats.open_connections().items()):
+            conns.add_metric([transport], count)
+        yield conns
+
+        connects = CounterMetricFamily(
+            "miaws_connects", "Client connections accepted.", labels=["transport"]
+        )
+        for transport, count in sorted(stats.connects.items()):
+            connects.add_metric([transport], count)
+        yield connects
+
+        disconnects = CounterMetricFamily(
+            "miaws_disconnects", "Client disconnects by close code.", labels=["transport", "code"]
+        )
+        for (transport, code), count in sorted(stats.disconnects.items()):
+            disconnects.add_metric([transport, str(code)], count)
+        yield disconnects
+
+        yield CounterMetricFamily(
+            "miaws_heartbeat_drops",
+            "Clients dropped because they missed the heartbeat (also counted as code 1006).",
+            value=stats.heartbeat_drops,
+        )
+
+        yield _by_label(
+            "miaws_messages_in",
+            "Client messages received, by type (enabled types only).",
+            "type",
+            stats.messages_in,
+        )
+        yield _by_label(
+            "miaws_messages_out",
+            "Messages sent to clients, by type (one per recipient).",
+            "type",
+            stats.messages_out,
+        )
+        yield _by_label("miaws_errors", "Error replies sent, by error code.", "code", stats.errors)
+
+        yield GaugeMetricFamily(
+            "miaws_rooms", "Rooms with at least one member.", value=len(self.service.rooms_info())
+        )
+
+        latency = HistogramMetricFamily(
+            "miaws_handler_seconds", "Time spent in message handlers, by type.", labels=["type"]
+        )
+        for kind, hist in sorted(stats.latency.items()):
+            latency.add_metric([kind], hist.cumulative(), sum_value=hist.total)
+        yield latency
+
+
+def _by_label(name: str, doc: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, count in sorted(counts.items()):
+        family.add_metric([key], count)
+    return family
+
+
+def metrics_registry(service: Service) -> CollectorRegistry:
+    """A registry of this service's metrics plus the process metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MiawsCollector(service))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+class MetricsHandler(tornado.web.RequestHandler):
+    """``GET /metrics``: Prometheus text exposition format."""
+
+    registry: CollectorRegistry
+
+    def initialize(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(generate_latest(self.registry))

@@ -1,0 +1,64 @@
+"""The web console at ``/``: static HTML, JavaScript and CSS shipped in ``miaws/console/``.
+
+The page polls ``/health``, ``/api/clients`` and ``/api/rooms`` and has a panel that opens
+its own WebSocket to ``server.ws_path``.  ``console.enabled: false`` answers 404 (checked per
+request, so a config reload switches it on or off).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import tornado.template
+import tornado.web
+
+from miaws.service import Service
+
+__all__ = ["ConsoleHandler", "ConsoleAssetHandler", "CONSOLE_DIR", "console_routes"]
+
+CONSOLE_DIR = Path(__file__).resolve().parent / "console"
+_templates = tornado.template.Loader(str(CONSOLE_DIR))
+
+
+class ConsoleHandler(tornado.web.RequestHandler):
+    """``GET /``: the console page, told where the WebSocket endpoint is."""
+
+    service: Service
+
+    def initialize(self, service: Service) -> None:
+        self.service = service
+
+    def get(self) -> None:
+        if not self.service.settings.console.enabled:
+            raise tornado.web.HTTPError(404)
+        self.set_header("Cache-Control", "no-store")
+        page = _templates.load("index.html").generate(ws_path=self.service.settings.server.ws_path)
+        self.finish(page)
+
+
+class ConsoleAssetHandler(tornado.web.StaticFileHandler):
+    """``GET /console/<file>``: the page's script and style sheet."""
+
+    service: Service | None = None
+
+    def initialize(
+        self,
+        path: str,
+        default_filename: str | None = None,
+        allowed_symlink_directory: str | list[str] | None = None,
+        service: Service | None = None,
+    ) -> None:
+        super().initialize(path, default_filename, allowed_symlink_directory)
+        self.service = service
+
+    def prepare(self) -> None:
+        if self.service is not None and not self.service.settings.console.enabled:
+            raise tornado.web.HTTPError(404)
+
+
+def console_routes(service: Service) -> list[Any]:
+    return [
+        (r"/", ConsoleHandler, {"service": service}),
+        (r"/console/(.*)", ConsoleAssetHandler, {"path": str(CONSOLE_DIR), "service": service}),
+    ]

@@ -1,0 +1,48 @@
+"""logging.format: json on a real `miaws serve`: every line is one JSON object."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+from miaws.check import Peer
+from miaws.logs import JSONFormatter
+
+
+async def test_json_log_lines_from_a_server(server_process: Any) -> None:
+    """Start-up and disconnect lines are JSON; the disconnect carries its fields."""
+    server = server_process("server:\n  host: 127.0.0.1\nlogging:\n  format: json\n")
+    peer = await Peer.connect(server.url)
+    await peer.request({"type": "join-room", "room": "ops"})
+    peer.conn.close(1000)
+    for _ in range(100):
+        if '"event": "disconnect"' in server.output():
+            break
+        await asyncio.sleep(0.05)
+    lines = [json.loads(line) for line in server.output().splitlines()]  # all of them JSON
+    assert lines[0]["event"] == "log" and "listening" in lines[0]["message"]
+    (gone,) = [x for x in lines if x["event"] == "disconnect"]
+    assert {k: gone[k] for k in ("level", "logger", "clientId", "code", "rooms")} == {
+        "level": "info",
+        "logger": "miaws",
+        "clientId": peer.welcome["clientId"],
+        "code": 1000,
+        "rooms": ["ops"],
+    }
+    assert gone["time"].endswith("+00:00") and gone["duration"] >= 0
+
+
+def test_json_formatter_keeps_the_traceback() -> None:
+    """An exception logged in JSON format keeps its traceback in one line."""
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        record = logging.LogRecord("miaws", logging.ERROR, __file__, 1, "failed", None, None)
+        record.exc_info = sys.exc_info()
+    line = JSONFormatter().format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["message"] == "failed" and "ValueError: bad" in entry["exception"]

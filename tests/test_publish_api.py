@@ -1,0 +1,117 @@
+"""POST /api/publish and the bearer keys of /api/*, over real HTTP and WebSocket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from conftest import Connect
+
+from miaws.check import expect_type
+
+
+async def call(
+    client: Any, path: str, body: Any = None, key: str | None = None, raw: bytes | None = None
+) -> tuple[int, Any]:
+    """(status, JSON body) of a request; POST when a body is given."""
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    kw: dict[str, Any] = {"headers": headers, "raise_error": False}
+    if raw is not None or body is not None:
+        kw.update(method="POST", body=raw if raw is not None else json.dumps(body))
+    response = await client.fetch(path, **kw)
+    assert response.headers["Content-Type"].startswith("application/json")
+    return response.code, json.loads(response.body)
+
+
+async def test_publish_to_everyone(http_server_client: Any, ws_connect: Connect) -> None:
+    """Without a room every client gets a broadcast from "server"; the answer counts them."""
+    a, b = await ws_connect(), await ws_connect()
+    status, body = await call(http_server_client, "/api/publish", {"message": {"n": 1}})
+    assert (status, body) == (200, {"recipients": 2})
+    for peer in (a, b):
+        msg = await peer.recv()
+        expect_type(msg, "broadcast", message={"n": 1}, **{"from": "server"})
+        assert "room" not in msg
+
+
+async def test_publish_to_a_room(http_server_client: Any, ws_connect: Connect) -> None:
+    """With a room only its members get it, with the room named; an empty room counts 0."""
+    member, outsider = await ws_connect(), await ws_connect()
+    await member.request({"type": "join-room", "room": "news"})
+    status, body = await call(http_server_client, "/api/publish", {"room": "news", "message": "x"})
+    assert (status, body) == (200, {"recipients": 1})
+    msg = await member.recv()
+    expect_type(msg, "broadcast", message="x", room="news", **{"from": "server"})
+    assert set(msg) == {"type", "message", "from", "room", "timestamp"}
+    await outsider.expect_silence()
+    status, body = await call(http_server_client, "/api/publish", {"room": "empty", "message": 1})
+    assert (status, body) == (200, {"recipients": 0})
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"room": "r"}', "message is required"),
+        (b'{"room": "bad room", "message": 1}', "invalid room name"),
+        (b'{"room": 5, "message": 1}', "invalid room name"),
+        (b'{"message": 1, "rooms": ["a"]}', "unknown field(s): rooms"),
+    ],
+)
+async def test_publish_bad_input_is_400(
+    http_server_client: Any, ws_connect: Connect, raw: bytes, needle: str
+) -> None:
+    """Bad JSON, a bad room or a missing message: 400 with a JSON error; nobody gets anything."""
+    peer = await ws_connect()
+    status, body = await call(http_server_client, "/api/publish", raw=raw)
+    assert status == 400 and needle in body["error"]
+    await peer.expect_silence()
+
+
+@pytest.mark.config({"api": {"keys": ["k-one", "k-two"]}})
+@pytest.mark.parametrize(
+    "path", ["/api/clients", "/api/rooms", "/api/plugins", "/api/publish", "/api/reload"]
+)
+async def test_api_keys_guard_every_api_endpoint(http_server_client: Any, path: str) -> None:
+    """With keys set: no key 401 (with WWW-Authenticate), a wrong key 403, a right key passes."""
+    body = {"message": 1} if path == "/api/publish" else ({} if path == "/api/reload" else None)
+    response = await http_server_client.fetch(
+        path,
+        raise_error=False,
+        **({"method": "POST", "body": json.dumps(body)} if body is not None else {}),
+    )
+    assert response.code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert json.loads(response.body) == {"error": "API key required"}
+    status, err = await call(http_server_client, path, body, key="wrong")
+    assert (status, err) == (403, {"error": "API key not accepted"})
+    status, _ = await call(http_server_client, path, body, key="k-two")
+    assert status == 200
+
+
+@pytest.mark.config({"api": {"keys": ["secret"]}})
+async def test_health_and_metrics_stay_open(http_server_client: Any) -> None:
+    """/health and /metrics need no key."""
+    assert (await http_server_client.fetch("/health")).code == 200
+    assert (await http_server_client.fetch("/metrics")).code == 200
+
+
+async def test_env_key_protects_the_api(
+    http_server_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MIAWS_API_KEY alone switches the key check on."""
+    assert (await call(http_server_client, "/api/rooms"))[0] == 200
+    monkeypatch.setenv("MIAWS_API_KEY", "from-env")
+    assert (await call(http_server_client, "/api/rooms"))[0] == 401
+    assert (await call(http_server_client, "/api/rooms", key="nope"))[0] == 403
+    assert await call(http_server_client, "/api/rooms", key="from-env") == (200, {})
+
+
+def test_empty_api_key_is_a_config_error() -> None:
+    """An empty key in api.keys would be a hole; the config refuses it."""
+    from miaws.config import ConfigError, build_settings
+
+    with pytest.raises(ConfigError, match="api.keys has an empty key"):
+        build_settings({"api": {"keys": ["ok", " "]}}, environ={})
