@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from miaws.types import Client, Encoded
+
+if TYPE_CHECKING:
+    from miaws.history import RoomHistory
 
 __all__ = ["Hub", "MemoryHub", "ROOM_NAME", "valid_room"]
 
@@ -27,6 +30,10 @@ def valid_room(name: object) -> bool:
 
 class Hub(Protocol):
     """What the core and the transports need of a hub."""
+
+    history: RoomHistory | None
+    """Room history (``history.rooms``); ``group_send`` to a covered room stamps and keeps
+    each message.  None when history is off."""
 
     def add(self, client: Client) -> None: ...
     def remove(self, client: Client) -> None: ...
@@ -42,7 +49,8 @@ class Hub(Protocol):
 class MemoryHub:
     """Clients and rooms of this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, history: RoomHistory | None = None) -> None:
+        self.history = history
         self._clients: dict[str, Client] = {}
         self._rooms: dict[str, dict[Client, None]] = {}  # insertion-ordered member sets
 
@@ -99,12 +107,15 @@ class MemoryHub:
     def group_send(self, room: str | None, payload: dict[str, Any]) -> int:
         """Deliver payload to a room's members, or to every client when room is None.
 
-        Returns the number of recipients.  The payload is serialised once.
+        Returns the number of recipients.  The payload is serialised once.  In a room with
+        history, the payload gets ``epoch`` and ``seq`` and is kept, even with no member.
         """
         targets: list[Client]
         if room is None:
             targets = list(self._clients.values())
         else:
+            if self.history is not None and self.history.covers(room):
+                self.history.append(room, payload)
             targets = list(self._rooms.get(room, ()))
         message = Encoded(payload)
         for client in targets:

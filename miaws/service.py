@@ -15,6 +15,7 @@ from miaws.clock import Clock
 from miaws.config import Settings
 from miaws.dispatch import Dispatcher
 from miaws.errors import close_meaning
+from miaws.history import history_from_rules
 from miaws.hub import Hub, MemoryHub
 from miaws.plugins import Registry, build_registry
 from miaws.types import Client, Outgoing
@@ -40,7 +41,8 @@ class Service:
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Service:
         """Load plugins and schemas (ConfigError on any problem) and call ``startup``."""
-        service = cls(settings, build_registry(settings), MemoryHub(), clock)
+        hub = MemoryHub(history_from_rules(settings.history.rooms))
+        service = cls(settings, build_registry(settings), hub, clock)
         service.hooks.startup(service=service)
         return service
 
