@@ -1,4 +1,4 @@
-"""The ``miaws`` command: ``serve``, ``health``, ``check``.
+"""The ``miaws`` command: ``serve``, ``health``, ``check``, ``listen``, ``send``, ``asyncapi``.
 
 Exit codes: 0 success, 1 a check failed, 2 bad configuration or usage.
 """
@@ -108,6 +108,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if failed == 0 else 1
 
 
+def cmd_listen(args: argparse.Namespace) -> int:
+    from miaws.clientcli import listen
+
+    return asyncio.run(listen(args.url, args.room, args.count, args.timeout))
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from miaws.clientcli import send_one
+
+    return asyncio.run(send_one(args.url, args.message, args.join, args.timeout, args.no_reply))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="miaws", description="A real-time WebSocket server.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,6 +142,23 @@ def parser() -> argparse.ArgumentParser:
         "--max-message-bytes", type=int, default=65536, help="the server's limits.max_message_bytes"
     )
     c.set_defaults(func=cmd_check)
+    li = sub.add_parser("listen", help="join rooms and print messages as they come (JSON lines)")
+    li.add_argument("url", nargs="?", default=default_url())
+    li.add_argument("--room", action="append", default=[], help="room to join (repeatable)")
+    li.add_argument("--count", type=int, help="stop after this many messages")
+    li.add_argument("--timeout", type=float, help="stop after this many seconds")
+    li.set_defaults(func=cmd_listen)
+    se = sub.add_parser("send", help="send one JSON message and print the reply")
+    se.add_argument("url", nargs="?", default=default_url())
+    se.add_argument("message", help='the message, e.g. \'{"type":"ping"}\'')
+    se.add_argument("--join", action="append", default=[], help="room to join first")
+    se.add_argument("--timeout", type=float, default=5.0)
+    se.add_argument(
+        "--no-reply",
+        action="store_true",
+        help="the type answers only on error (like broadcast): exit 0 once it was handled",
+    )
+    se.set_defaults(func=cmd_send)
     return p
 
 

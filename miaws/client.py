@@ -135,6 +135,17 @@ class MiawsClient:
     async def request(self, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         """Send message with an ``id`` (one is added if missing) and return the reply with
         that id (which may be an ``error``).  TimeoutError or ConnectionLost otherwise."""
+        future = await self.start_request(message, timeout)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._forget(future)
+
+    async def start_request(
+        self, message: dict[str, Any], timeout: float | None = None
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Send message with an ``id`` and return at once a future of its reply (it fails
+        with ConnectionLost if the connection drops first)."""
         message = dict(message)
         if "id" not in message:
             message["id"] = f"py-{next(self._ids)}"
@@ -142,16 +153,26 @@ class MiawsClient:
         self._pending[message["id"]] = future
         try:
             await self.send(message, timeout)
-            return await asyncio.wait_for(future, timeout)
-        finally:
-            self._pending.pop(message["id"], None)
-            if future.done() and not future.cancelled():
-                future.exception()  # retrieved: no "never retrieved" noise when send failed
+        except BaseException:
+            self._forget(future)
+            raise
+        return future
+
+    def _forget(self, future: asyncio.Future[dict[str, Any]]) -> None:
+        for key, value in list(self._pending.items()):
+            if value is future:
+                del self._pending[key]
+        if future.done() and not future.cancelled():
+            future.exception()  # retrieved: no "never retrieved" noise when nobody waits
 
     async def join(self, room: str, timeout: float = 10.0) -> dict[str, Any]:
-        """Join room (re-joined automatically, with recovery, after every reconnect)."""
+        """Join room (re-joined automatically, with recovery, after every reconnect).
+        Returns the reply: ``room-joined``, or an ``error`` (then the room is not kept)."""
         self._rooms[room] = None
-        return await self.request(self._join_message(room), timeout)
+        reply = await self.request(self._join_message(room), timeout)
+        if reply.get("type") == "error":
+            self._rooms.pop(room, None)
+        return reply
 
     async def leave(self, room: str, timeout: float = 10.0) -> dict[str, Any]:
         self._rooms.pop(room, None)
@@ -297,4 +318,5 @@ class MiawsClient:
         for future in pending.values():
             if not future.done():
                 future.set_exception(ConnectionLost("connection lost before the reply"))
+                future.exception()  # a request nobody awaits any more is no error to log
         self._internal_ids.clear()
