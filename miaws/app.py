@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import tornado.web
@@ -11,6 +12,8 @@ from miaws.service import Service
 from miaws.ws import WebSocketEndpoint
 
 __all__ = ["make_app"]
+
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 def tornado_settings(service: Service) -> dict[str, Any]:
@@ -31,5 +34,6 @@ def make_app(service: Service) -> tornado.web.Application:
         (r"/api/clients", ClientsHandler, kw),
         (r"/api/rooms", RoomsHandler, kw),
         (r"/api/plugins", PluginsHandler, kw),
+        (r"/(client\.js)", tornado.web.StaticFileHandler, {"path": str(STATIC)}),
     ]
     return tornado.web.Application(routes, **tornado_settings(service))
