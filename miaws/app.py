@@ -7,6 +7,7 @@ from typing import Any
 
 import tornado.web
 
+from miaws.asyncapi import AsyncAPIHandler
 from miaws.httpapi import ClientsHandler, HealthHandler, PluginsHandler, RoomsHandler
 from miaws.service import Service
 from miaws.ws import WebSocketEndpoint
@@ -34,6 +35,7 @@ def make_app(service: Service) -> tornado.web.Application:
         (r"/api/clients", ClientsHandler, kw),
         (r"/api/rooms", RoomsHandler, kw),
         (r"/api/plugins", PluginsHandler, kw),
+        (r"/asyncapi\.json", AsyncAPIHandler, kw),
         (r"/(client\.js)", tornado.web.StaticFileHandler, {"path": str(STATIC)}),
     ]
     return tornado.web.Application(routes, **tornado_settings(service))

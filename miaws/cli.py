@@ -120,6 +120,26 @@ def cmd_send(args: argparse.Namespace) -> int:
     return asyncio.run(send_one(args.url, args.message, args.join, args.timeout, args.no_reply))
 
 
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    import json
+
+    from miaws.asyncapi import asyncapi_document
+    from miaws.plugins import build_registry
+
+    try:
+        settings = load_settings(config_path(args.config))
+        registry = build_registry(settings)
+    except ConfigError as exc:
+        print(f"miaws: {exc}", file=sys.stderr)
+        return 2
+    host = settings.server.host if settings.server.host != "0.0.0.0" else "localhost"
+    document = asyncapi_document(
+        registry, f"{host}:{settings.server.port}", settings.server.ws_path
+    )
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="miaws", description="A real-time WebSocket server.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,6 +179,9 @@ def parser() -> argparse.ArgumentParser:
         help="the type answers only on error (like broadcast): exit 0 once it was handled",
     )
     se.set_defaults(func=cmd_send)
+    a = sub.add_parser("asyncapi", help="print the AsyncAPI 3.0 document of the configured server")
+    a.add_argument("--config", help="config file (found as for serve)")
+    a.set_defaults(func=cmd_asyncapi)
     return p
 
 
