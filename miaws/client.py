@@ -91,10 +91,16 @@ class MiawsClient:
 
     # ------------------------------------------------------------------ lifecycle
     async def connect(self) -> MiawsClient:
-        """Start the connection loop and wait (up to ``open_timeout``) for the first welcome."""
+        """Start the connection loop and wait (up to ``open_timeout``) for the first welcome.
+        If none comes in time, the client is closed and TimeoutError raised; after the first
+        connection, losses are retried for ever (until :meth:`close`)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run())
-        await self._wait_connected(self.open_timeout)
+        try:
+            await self._wait_connected(self.open_timeout)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise
         return self
 
     async def close(self) -> None:
@@ -222,7 +228,7 @@ class MiawsClient:
                     self.connects += 1
                     attempt = 0
                     await self._session(ws)
-            except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
+            except (OSError, InvalidHandshake, ConnectionClosed, asyncio.TimeoutError) as exc:
                 log.debug("connection to %s lost: %r", self.url, exc)
             finally:
                 self._ws = None

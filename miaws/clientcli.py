@@ -28,7 +28,7 @@ async def _connect(url: str, timeout: float, **kw: Any) -> MiawsClient | None:
     client = MiawsClient(url, open_timeout=timeout, **kw)
     try:
         return await client.connect()
-    except (TimeoutError, ConnectionLost):
+    except (asyncio.TimeoutError, ConnectionLost):
         await client.close()
         _err(f"cannot connect to {url} within {timeout:g}s")
         return None
@@ -61,7 +61,7 @@ async def listen(url: str, rooms: list[str], count: int | None, timeout: float |
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 message = await client.recv(left)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 break
             print(encode_json(message), flush=True)
             seen += 1
@@ -100,7 +100,7 @@ async def send_one(
                 reply = sent.result()
             else:
                 reply = await client.request(message, timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except asyncio.TimeoutError:
             _err(f"no reply within {timeout:g}s (some types, like broadcast, send none)")
             return 1
         print(encode_json(reply), flush=True)

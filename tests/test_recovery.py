@@ -205,3 +205,24 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
         1.0,
     ]
     assert [backoff_delay(n, 0.1, 1.0, lambda: 0.0) for n in range(3)] == [0.05, 0.1, 0.2]
+
+
+@pytest.mark.config(HISTORY)
+async def test_server_side_publish_is_stamped_and_recovered(
+    ws_connect: Connect, service: Service
+) -> None:
+    """Messages published through the hub (as the publish API does) are kept even while the
+    room has no member, and a returning client recovers them."""
+    sub = await ws_connect()
+    start = await sub.request({"type": "join-room", "room": "feed"})
+    sub.close()
+    await eventually(lambda: service.connected_count() == 0)
+    for i in range(3):
+        assert (
+            service.hub.group_send("feed", {"type": "broadcast", "message": i, "room": "feed"}) == 0
+        )
+    again = await ws_connect()
+    since = {"epoch": start["epoch"], "seq": 0}
+    reply = await again.request({"type": "join-room", "room": "feed", "since": since})
+    expect_type(reply, "room-joined", recovered=True, seq=3)
+    assert [(await again.recv())["message"] for _ in range(3)] == [0, 1, 2]
