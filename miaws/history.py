@@ -10,7 +10,7 @@ from another epoch can therefore never be resumed, only reported as lost.
 
 :class:`RoomHistory` is what the hub and the ``join-room`` handler need; the in-memory
 :class:`MemoryHistory` serves one process.  A shared backend (Redis streams) implements the
-same three methods.  Everything here runs synchronously on the event loop, so stamping a
+same four methods.  Everything here runs synchronously on the event loop, so stamping a
 broadcast and reading the history while joining a room cannot interleave.
 """
 
@@ -53,9 +53,9 @@ class RoomHistory(Protocol):
         """True if room matches a history rule (its broadcasts are stamped and kept)."""
         ...
 
-    def append(self, room: str, payload: dict[str, Any]) -> tuple[str, int]:
-        """Stamp payload with the room's epoch and next seq (in place), keep it, and
-        return ``(epoch, seq)``.  Only called for rooms that :meth:`covers`."""
+    def append(self, room: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Keep a copy of payload stamped with the room's ``epoch`` and next ``seq``, and
+        return that copy (the one to send).  Only called for rooms that :meth:`covers`."""
         ...
 
     def position(self, room: str) -> Position:
@@ -131,15 +131,14 @@ class MemoryHistory:
         while kept and (now - kept[0][0] > state.ttl or len(kept) > state.size):
             kept.popleft()
 
-    def append(self, room: str, payload: dict[str, Any]) -> tuple[str, int]:
+    def append(self, room: str, payload: dict[str, Any]) -> dict[str, Any]:
         state = self._state(room)
         now = state.touched
         state.seq += 1
-        payload["epoch"] = state.epoch
-        payload["seq"] = state.seq
-        state.kept.append((now, payload))
+        stamped = {**payload, "epoch": state.epoch, "seq": state.seq}
+        state.kept.append((now, stamped))
         self._expire(state, now)
-        return state.epoch, state.seq
+        return stamped
 
     def position(self, room: str) -> Position:
         state = self._state(room)

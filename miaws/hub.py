@@ -115,7 +115,7 @@ class MemoryHub:
             targets = list(self._clients.values())
         else:
             if self.history is not None and self.history.covers(room):
-                self.history.append(room, payload)
+                payload = self.history.append(room, payload)
             targets = list(self._rooms.get(room, ()))
         message = Encoded(payload)
         for client in targets:

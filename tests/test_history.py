@@ -23,14 +23,15 @@ def make(size: int = 3, ttl: float = 10.0) -> tuple[MemoryHistory, Clock]:
     return MemoryHistory([HistoryRoom("feed.*", size, ttl), HistoryRoom("*", 1, 1)], clock), clock
 
 
-def test_seq_counts_per_room_and_stamps_the_payload() -> None:
-    """Each covered room counts its own messages from 1; the payload carries epoch and seq."""
+def test_seq_counts_per_room_and_stamps_a_copy() -> None:
+    """Each covered room counts its own messages from 1; the kept copy carries epoch and
+    seq, and the caller's dict is left alone (it may go to another room next)."""
     h, _ = make()
-    a = [{"n": i} for i in range(3)]
-    for p in a:
-        h.append("feed.a", p)
-    b = {"n": 9}
-    assert h.append("feed.b", b)[1] == 1
+    original = {"n": 0}
+    a = [h.append("feed.a", original)] + [h.append("feed.a", {"n": i}) for i in (1, 2)]
+    b = h.append("feed.b", original)
+    assert original == {"n": 0}
+    assert b["seq"] == 1
     assert [p["seq"] for p in a] == [1, 2, 3]
     assert a[0]["epoch"] == a[2]["epoch"] != b["epoch"]
     assert h.position("feed.a") == Position(a[0]["epoch"], 3)
@@ -78,7 +79,7 @@ def test_room_untouched_past_ttl_starts_a_new_epoch() -> None:
     clock.t += 11
     h.append("feed.b", {})  # any activity forgets idle rooms
     assert h.rooms() == 1
-    assert h.append("feed.a", {}) != (old, 2)
+    assert h.append("feed.a", {})["epoch"] != old
     assert h.position("feed.a").seq == 1
     assert h.since("feed.a", old, 1) is None
 
