@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import tornado.web
 
 from miaws.adminapi import PublishHandler, ReloadHandler
+from miaws.asyncapi import AsyncAPIHandler
 from miaws.httpapi import ClientsHandler, HealthHandler, PluginsHandler, RoomsHandler
 from miaws.metrics import MetricsHandler, metrics_registry
 from miaws.service import Service
@@ -14,6 +16,8 @@ from miaws.webconsole import console_routes
 from miaws.ws import WebSocketEndpoint
 
 __all__ = ["make_app"]
+
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 def tornado_settings(service: Service) -> dict[str, Any]:
@@ -38,6 +42,8 @@ def make_app(service: Service) -> tornado.web.Application:
         (r"/api/reload", ReloadHandler, kw),
         (r"/metrics", MetricsHandler, {"registry": metrics_registry(service)}),
         *console_routes(service),
+        (r"/asyncapi\.json", AsyncAPIHandler, kw),
+        (r"/(client\.js)", tornado.web.StaticFileHandler, {"path": str(STATIC)}),
     ]
     if service.settings.socketio.enabled:
         from miaws.sio import PATH, SocketIOBridge  # python-socketio only when it is used

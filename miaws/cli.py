@@ -1,4 +1,5 @@
-"""The ``miaws`` command: ``serve``, ``health``, ``check``, ``clients``, ``rooms``.
+"""The ``miaws`` command: ``serve``, ``health``, ``check``, ``clients``, ``rooms``, ``listen``,
+``send``, ``asyncapi``.
 
 Exit codes: 0 success, 1 a check failed, 2 bad configuration or usage.
 """
@@ -133,6 +134,38 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_listen(args: argparse.Namespace) -> int:
+    from miaws.clientcli import listen
+
+    return asyncio.run(listen(args.url, args.room, args.count, args.timeout))
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from miaws.clientcli import send_one
+
+    return asyncio.run(send_one(args.url, args.message, args.join, args.timeout, args.no_reply))
+
+
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    import json
+
+    from miaws.asyncapi import asyncapi_document
+    from miaws.plugins import build_registry
+
+    try:
+        settings = load_settings(config_path(args.config))
+        registry = build_registry(settings)
+    except ConfigError as exc:
+        print(f"miaws: {exc}", file=sys.stderr)
+        return 2
+    host = settings.server.host if settings.server.host != "0.0.0.0" else "localhost"
+    document = asyncapi_document(
+        registry, f"{host}:{settings.server.port}", settings.server.ws_path
+    )
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="miaws", description="A real-time WebSocket server.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -161,6 +194,26 @@ def parser() -> argparse.ArgumentParser:
         r.add_argument("--api-key", help="bearer key for /api (default: $MIAWS_API_KEY)")
         r.add_argument("--timeout", type=float, default=5.0)
         r.set_defaults(func=cmd_registry)
+    li = sub.add_parser("listen", help="join rooms and print messages as they come (JSON lines)")
+    li.add_argument("url", nargs="?", default=default_url())
+    li.add_argument("--room", action="append", default=[], help="room to join (repeatable)")
+    li.add_argument("--count", type=int, help="stop after this many messages")
+    li.add_argument("--timeout", type=float, help="stop after this many seconds")
+    li.set_defaults(func=cmd_listen)
+    se = sub.add_parser("send", help="send one JSON message and print the reply")
+    se.add_argument("url", nargs="?", default=default_url())
+    se.add_argument("message", help='the message, e.g. \'{"type":"ping"}\'')
+    se.add_argument("--join", action="append", default=[], help="room to join first")
+    se.add_argument("--timeout", type=float, default=5.0)
+    se.add_argument(
+        "--no-reply",
+        action="store_true",
+        help="the type answers only on error (like broadcast): exit 0 once it was handled",
+    )
+    se.set_defaults(func=cmd_send)
+    a = sub.add_parser("asyncapi", help="print the AsyncAPI 3.0 document of the configured server")
+    a.add_argument("--config", help="config file (found as for serve)")
+    a.set_defaults(func=cmd_asyncapi)
     return p
 
 

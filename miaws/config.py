@@ -252,6 +252,25 @@ class SocketIOSettings:
 
 
 @dataclass(frozen=True)
+class HistoryRoom:
+    """One ``history.rooms`` rule: rooms whose name matches the glob keep a history."""
+
+    match: str
+    size: int = 100
+    ttl: float = 300.0
+
+
+@dataclass(frozen=True)
+class HistorySettings:
+    rooms: list[HistoryRoom] = setting(
+        [],
+        "Rooms that keep a history for recovery: a list of {match: GLOB, size: N, ttl: SECONDS}; "
+        "the first matching rule applies.",
+        expect="a list of {match: GLOB, size: N, ttl: SECONDS} mappings",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
@@ -265,6 +284,7 @@ class Settings:
     socketio: SocketIOSettings = field(default_factory=SocketIOSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
     source: str = field(default="defaults", compare=False)
     """Where the settings came from (file path or 'defaults'), for messages."""
 
@@ -332,8 +352,11 @@ def _coerce(tp: Any, value: Any) -> Any:
     if tp in (str, bool) and isinstance(value, tp):
         return value
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        hints = typing.get_type_hints(tp)
+        if not set(value) <= set(hints):
+            raise ValueError
         built: Any = tp
-        return built(**value)
+        return built(**{k: _coerce(hints[k], v) for k, v in value.items()})
     raise ValueError
 
 
@@ -404,6 +427,12 @@ def _validate(s: Settings) -> None:
             f"{src}: socketio.namespaces has value {namespaces!r}; expected a non-empty list "
             "of namespaces starting with '/'"
         )
+    for i, rule in enumerate(s.history.rooms):
+        if not rule.match or rule.size < 1 or rule.ttl <= 0:
+            raise ConfigError(
+                f"{src}: history.rooms[{i}] has value {dataclasses.asdict(rule)!r}; expected a "
+                "non-empty match glob, a size of at least 1 and a ttl above 0 seconds"
+            )
     if s.limits.max_message_bytes < 1:
         raise ConfigError(
             f"{src}: limits.max_message_bytes has value {s.limits.max_message_bytes};"

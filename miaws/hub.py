@@ -18,6 +18,7 @@ from miaws.types import Client, Encoded
 if TYPE_CHECKING:
     from miaws.cluster import ClusterView
     from miaws.config import Settings
+    from miaws.history import RoomHistory
 
 __all__ = [
     "Hub",
@@ -61,6 +62,10 @@ def send_to_namespace(hub: Hub, namespace: str, payload: dict[str, Any]) -> int:
 class Hub(Protocol):
     """What the core and the transports need of a hub."""
 
+    history: RoomHistory | None
+    """Room history (``history.rooms``); ``group_send`` to a covered room stamps and keeps
+    each message.  None when history is off."""
+
     def add(self, client: Client) -> None: ...
     def remove(self, client: Client) -> None: ...
     def group_add(self, room: str, client: Client) -> bool: ...
@@ -86,17 +91,21 @@ class Hub(Protocol):
 
 def make_hub(settings: Settings) -> Hub:
     """The hub ``broker.type`` asks for (redis is imported only when chosen)."""
+    from miaws.history import history_from_rules
+
+    history = history_from_rules(settings.history.rooms)
     if settings.broker.type == "redis":
         from miaws.redis_hub import RedisHub
 
-        return RedisHub.from_settings(settings)
-    return MemoryHub()
+        return RedisHub.from_settings(settings, history)
+    return MemoryHub(history)
 
 
 class MemoryHub:
     """Clients and rooms of this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, history: RoomHistory | None = None) -> None:
+        self.history = history
         self._clients: dict[str, Client] = {}
         self._rooms: dict[str, dict[Client, None]] = {}  # insertion-ordered member sets
 
@@ -157,9 +166,16 @@ class MemoryHub:
     def group_send(self, room: str | None, payload: dict[str, Any]) -> int:
         """Deliver payload to a room's members, or to every client when room is None.
 
-        Returns the number of recipients.  The payload is serialised once.
+        Returns the number of recipients.  The payload is serialised once.  In a room with
+        history, the payload gets ``epoch`` and ``seq`` and is kept, even with no member.
         """
-        return self.send_encoded(room, Encoded(payload))
+        return self.send_encoded(room, Encoded(self.stamp(room, payload)))
+
+    def stamp(self, room: str | None, payload: dict[str, Any]) -> dict[str, Any]:
+        """payload with ``epoch``/``seq`` (and kept) when room keeps a history; else as is."""
+        if room is not None and self.history is not None and self.history.covers(room):
+            return self.history.append(room, payload)
+        return payload
 
     def send_encoded(self, room: str | None, message: Encoded) -> int:
         """Deliver an already encoded message to this process's members of room (or all)."""

@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from miaws.cluster import TTL_HEARTBEATS, BrokerUnavailable, ClusterView, NodeCounts
 from miaws.config import ConfigError, Settings
+from miaws.history import RoomHistory
 from miaws.hub import MemoryHub
 from miaws.types import Encoded
 
@@ -91,8 +92,9 @@ class RedisHub(MemoryHub):
         channel_prefix: str = "miaws",
         heartbeat: float = 5.0,
         node_id: str | None = None,
+        history: RoomHistory | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(history)
         self.url = url
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.heartbeat = heartbeat
@@ -119,10 +121,12 @@ class RedisHub(MemoryHub):
         self._first_attempt = asyncio.Event()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RedisHub:
+    def from_settings(cls, settings: Settings, history: RoomHistory | None = None) -> RedisHub:
         b = settings.broker
         try:
-            return cls(b.url, channel_prefix=b.channel_prefix, heartbeat=b.heartbeat)
+            return cls(
+                b.url, channel_prefix=b.channel_prefix, heartbeat=b.heartbeat, history=history
+            )
         except ValueError as exc:  # redis-py's URL parser: a bad port, database, option
             raise ConfigError(
                 f"{settings.source}: broker.url has value {redact(b.url)!r}; {exc}"
@@ -134,7 +138,7 @@ class RedisHub(MemoryHub):
 
         Returns the number of recipients on this node.
         """
-        message = Encoded(payload)
+        message = Encoded(self.stamp(room, payload))
         delivered = self.send_encoded(room, message)
         if not self._up:
             self.dropped += 1

@@ -1,16 +1,40 @@
 """``join-room`` / ``leave-room`` -> ``room-joined`` / ``room-left``.
 
 Joining twice is fine; leaving a room one is not in is ``not-in-room``.
+
+In a room with history (``history.rooms``), ``room-joined`` carries the room's current
+``epoch`` and ``seq``.  A join with ``since: {epoch, seq}`` also recovers: the reply says
+``recovered: true`` and is followed at once by every message after that seq, oldest first,
+before any new one; or it says ``recovered: false`` (the history no longer covers the gap,
+or the epoch is another) and nothing follows.  Joining, reading the history and queuing the
+replies happen in one step on the event loop, so no broadcast can slip in between.
 """
 
 from typing import Any
 
 from miaws import Context, MessageType, hookimpl
+from miaws.types import Outgoing
 
 
-def handle_join(ctx: Context, message: dict[str, Any]) -> dict[str, Any]:
-    ctx.join(message["room"])
-    return {"type": "room-joined", "room": message["room"]}
+def handle_join(ctx: Context, message: dict[str, Any]) -> None:
+    room = message["room"]
+    ctx.join(room)
+    reply: dict[str, Any] = {"type": "room-joined", "room": room}
+    since = message.get("since")
+    missed: list[dict[str, Any]] = []
+    history = ctx.hub.history
+    if history is not None and history.covers(room):
+        if since is not None:
+            found = history.since(room, since["epoch"], since["seq"])
+            reply["recovered"] = found is not None
+            missed = found or []
+        position = history.position(room)
+        reply["epoch"] = position.epoch
+        reply["seq"] = position.seq
+    elif since is not None:
+        reply["recovered"] = False  # this room keeps no history
+    ctx.reply(reply)
+    ctx.out.extend(Outgoing(m) for m in missed)
 
 
 def handle_leave(ctx: Context, message: dict[str, Any]) -> dict[str, Any]:
@@ -21,6 +45,10 @@ def handle_leave(ctx: Context, message: dict[str, Any]) -> dict[str, Any]:
 @hookimpl
 def register_message_types() -> list[MessageType]:
     return [
-        MessageType("join-room", handle_join, description="Joins a room."),
+        MessageType(
+            "join-room",
+            handle_join,
+            description="Joins a room; with since, recovers the messages missed since then.",
+        ),
         MessageType("leave-room", handle_leave, description="Leaves a room."),
     ]

@@ -1,0 +1,167 @@
+"""Room history: the last messages of each room, so a client that reconnects can recover.
+
+A room whose name matches a ``history.rooms`` rule keeps its last ``size`` broadcasts for
+``ttl`` seconds.  Every broadcast to such a room is stamped with ``epoch`` and ``seq``:
+``seq`` counts the room's messages (1, 2, 3, ...) and ``epoch`` names the history the
+count belongs to.  A new epoch starts whenever the history is lost: a restart of the
+in-memory hub, or a room left untouched (no message, no join) for longer than its
+``ttl`` (its counter is dropped with its last message).  A position ``(epoch, seq)``
+from another epoch can therefore never be resumed, only reported as lost.
+
+:class:`RoomHistory` is what the hub and the ``join-room`` handler need; the in-memory
+:class:`MemoryHistory` serves one process.  A shared backend (Redis streams) implements the
+same four methods.  Everything here runs synchronously on the event loop, so stamping a
+broadcast and reading the history while joining a room cannot interleave.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from miaws.config import HistoryRoom
+
+__all__ = ["RoomHistory", "MemoryHistory", "Position", "history_from_rules"]
+
+
+class Position:
+    """Where a room's history stands: its epoch and the seq of its last message."""
+
+    __slots__ = ("epoch", "seq")
+
+    def __init__(self, epoch: str, seq: int) -> None:
+        self.epoch = epoch
+        self.seq = seq
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Position) and (self.epoch, self.seq) == (other.epoch, other.seq)
+
+    def __repr__(self) -> str:
+        return f"Position({self.epoch!r}, {self.seq})"
+
+
+class RoomHistory(Protocol):
+    """What the hub and the rooms plugin need of a history backend."""
+
+    def covers(self, room: str) -> bool:
+        """True if room matches a history rule (its broadcasts are stamped and kept)."""
+        ...
+
+    def append(self, room: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Keep a copy of payload stamped with the room's ``epoch`` and next ``seq``, and
+        return that copy (the one to send).  Only called for rooms that :meth:`covers`."""
+        ...
+
+    def position(self, room: str) -> Position:
+        """The room's current epoch and last seq (0 before its first message)."""
+        ...
+
+    def since(self, room: str, epoch: str, seq: int) -> list[dict[str, Any]] | None:
+        """Every kept message of room after seq, oldest first; ``None`` when they cannot
+        all be given (another epoch, seq in the future, or some already dropped)."""
+        ...
+
+
+@dataclass
+class _Room:
+    epoch: str
+    size: int
+    ttl: float
+    seq: int = 0
+    touched: float = 0.0  # monotonic time of the last append, join or recovery
+    kept: deque[tuple[float, dict[str, Any]]] = field(default_factory=deque)
+
+
+class MemoryHistory:
+    """Room history of this process, lost (new epochs) when the process restarts."""
+
+    def __init__(
+        self, rules: Sequence[HistoryRoom], now: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rules = list(rules)
+        self._now = now
+        self._rooms: OrderedDict[str, _Room] = OrderedDict()  # least recently used first
+        self._rule_cache: dict[str, HistoryRoom | None] = {}
+
+    def rule(self, room: str) -> HistoryRoom | None:
+        """The first rule whose glob matches room, or None."""
+        try:
+            return self._rule_cache[room]
+        except KeyError:
+            pass
+        found = next((r for r in self.rules if fnmatch.fnmatchcase(room, r.match)), None)
+        if len(self._rule_cache) > 10_000:
+            self._rule_cache.clear()
+        self._rule_cache[room] = found
+        return found
+
+    def covers(self, room: str) -> bool:
+        return self.rule(room) is not None
+
+    def _state(self, room: str) -> _Room:
+        now = self._now()
+        self._forget_idle(now)
+        state = self._rooms.get(room)
+        if state is None:
+            rule = self.rule(room)
+            assert rule is not None, f"room {room!r} has no history rule"
+            state = _Room(secrets.token_hex(6), rule.size, rule.ttl)
+            self._rooms[room] = state
+        state.touched = now
+        self._rooms.move_to_end(room)
+        return state
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop rooms untouched for longer than their ttl: their messages have all expired,
+        and with them goes the room's counter (its next message starts a new epoch)."""
+        while self._rooms:
+            room, state = next(iter(self._rooms.items()))
+            if now - state.touched <= state.ttl:
+                break
+            del self._rooms[room]
+
+    def _expire(self, state: _Room, now: float) -> None:
+        kept = state.kept
+        while kept and (now - kept[0][0] > state.ttl or len(kept) > state.size):
+            kept.popleft()
+
+    def append(self, room: str, payload: dict[str, Any]) -> dict[str, Any]:
+        state = self._state(room)
+        now = state.touched
+        state.seq += 1
+        stamped = {**payload, "epoch": state.epoch, "seq": state.seq}
+        state.kept.append((now, stamped))
+        self._expire(state, now)
+        return stamped
+
+    def position(self, room: str) -> Position:
+        state = self._state(room)
+        return Position(state.epoch, state.seq)
+
+    def since(self, room: str, epoch: str, seq: int) -> list[dict[str, Any]] | None:
+        state = self._state(room)
+        if epoch != state.epoch or seq > state.seq or seq < 0:
+            return None
+        if seq == state.seq:
+            return []
+        self._expire(state, state.touched)
+        kept = state.kept
+        if not kept or kept[0][1]["seq"] > seq + 1:
+            return None  # the message right after seq is gone
+        first = kept[0][1]["seq"]
+        return [payload for _, payload in itertools.islice(kept, seq + 1 - first, None)]
+
+    def rooms(self) -> int:
+        """How many rooms have history state now (for tests and metrics)."""
+        return len(self._rooms)
+
+
+def history_from_rules(rules: Sequence[HistoryRoom]) -> MemoryHistory | None:
+    """The in-memory history for these rules, or None when there are none (history off)."""
+    return MemoryHistory(rules) if rules else None

@@ -1,0 +1,76 @@
+"""``miaws listen`` and ``miaws send`` as a user runs them, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import pytest
+from conftest import Connect
+from helpers import eventually
+
+from miaws.service import Service
+
+
+async def miaws(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "miaws",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.config({"history": {"rooms": [{"match": "feed", "size": 10, "ttl": 60}]}})
+async def test_listen_prints_room_messages_as_json_lines(
+    ws_url: str, ws_connect: Connect, service: Service
+) -> None:
+    """listen --room R --count 3 prints the room's next three messages, one per line."""
+    listener = asyncio.ensure_future(miaws("listen", ws_url, "--room", "feed", "--count", "3"))
+    await eventually(lambda: service.rooms_info().get("feed") == 1, timeout=10)
+    pub = await ws_connect()
+    await pub.request({"type": "join-room", "room": "feed"})
+    for i in range(3):
+        await pub.send({"type": "broadcast", "room": "feed", "message": i})
+    code, out, err = await listener
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0, err
+    assert [(m["message"], m["seq"]) for m in lines] == [(0, 1), (1, 2), (2, 3)]
+
+
+async def test_listen_stops_at_timeout(ws_url: str) -> None:
+    """Fewer messages than --count before --timeout: nothing printed, exit 1."""
+    code, out, _ = await miaws(
+        "listen", ws_url, "--room", "quiet", "--count", "1", "--timeout", "0.5"
+    )
+    assert (code, out) == (1, "")
+
+
+async def test_send_prints_the_reply(ws_url: str) -> None:
+    """send prints the reply to its message; an error reply exits 1."""
+    code, out, _ = await miaws("send", ws_url, '{"type":"echo","message":"hi","id":9}')
+    reply = json.loads(out)
+    assert (code, reply["type"], reply["original"], reply["id"]) == (0, "echo", "hi", 9)
+    code, out, _ = await miaws(
+        "send", ws_url, '{"type":"broadcast","room":"r","message":1}', "--no-reply"
+    )
+    assert code == 1 and json.loads(out)["code"] == "not-in-room"
+    code, out, _ = await miaws(
+        "send", ws_url, '{"type":"broadcast","room":"r","message":1}', "--join", "r", "--no-reply"
+    )
+    assert (code, out) == (0, "")
+
+
+async def test_send_rejects_bad_input_and_unreachable_servers(ws_url: str) -> None:
+    """Not JSON: exit 2 naming the problem; no server: exit 1 saying so."""
+    code, _, err = await miaws("send", ws_url, "{oops")
+    assert code == 2 and "not valid JSON" in err
+    dead = ws_url.rsplit(":", 1)[0] + ":1/ws"
+    code, _, err = await miaws("send", dead, '{"type":"ping"}', "--timeout", "1")
+    assert code == 1 and "cannot connect" in err
