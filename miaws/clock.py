@@ -14,17 +14,24 @@ __all__ = ["Clock", "iso_timestamp"]
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _prefix_second = -1
 _prefix = ""
+_last_millis = -1
+_last = ""
 
 
 def iso_timestamp(epoch: float) -> str:
-    """``2026-11-27T05:32:06.123Z`` for a Unix time; caches the formatted second."""
-    global _prefix_second, _prefix
+    """``2026-11-27T05:32:06.123Z`` for a Unix time; caches the last millisecond and the
+    formatted second (a busy server stamps many messages per millisecond)."""
+    global _prefix_second, _prefix, _last_millis, _last
     millis = int(epoch * 1000)
+    if millis == _last_millis:
+        return _last
     second, ms = divmod(millis, 1000)
     if second != _prefix_second:
         _prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _prefix_second = second
-    return f"{_prefix}.{ms:03d}Z"
+    _last = f"{_prefix}.{ms:03d}Z"
+    _last_millis = millis
+    return _last
 
 
 class Clock:

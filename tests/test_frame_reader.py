@@ -192,3 +192,16 @@ async def test_broadcast_from_one_read_reaches_everyone_in_order(raw: Any) -> No
     assert [(await receiver.json())["message"] for _ in range(50)] == list(range(50))
     assert [(await sender.json())["message"] for _ in range(50)] == list(range(50))
     assert (await sender.json())["id"] == "last"
+
+
+async def test_replies_are_compact_utf8_json(raw: Any) -> None:
+    """The bytes on the wire: no spaces after separators, non-ASCII not escaped, and
+    values beyond what orjson handles (a 100-digit integer) still echoed exactly."""
+    client = await raw()
+    big = 10**100
+    await client.send(
+        frame(b'{"type":"echo","message":{"s":"h\xc3\xa9llo \xe2\x9c\x93","n":[1,2.5,%d]}}' % big)
+    )
+    _, payload = await client.read()
+    assert b'"original":{"s":"h\xc3\xa9llo \xe2\x9c\x93","n":[1,2.5,' + str(big).encode() in payload
+    assert b", " not in payload and b'": ' not in payload and b"\\u" not in payload
