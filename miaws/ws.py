@@ -62,7 +62,26 @@ class MiawsProtocol(WebSocketProtocol13):
             else:
                 box.append(frame)
             return
-        self.stream.write(frame)
+        self.write(frame)
+
+    def write(self, data: bytes) -> None:
+        """Write data to the stream; straight to the socket when nothing is queued.
+
+        Tornado's ``IOStream.write`` makes a Future and a callback per call; when its write
+        buffer is empty (the usual case) a direct ``send`` is equivalent, and whatever the
+        socket does not take goes through ``IOStream.write`` as before."""
+        stream = self.stream
+        if not stream._write_buffer and not stream.closed():
+            try:
+                sent = stream.socket.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # IOStream.write meets the error again and closes the stream
+            if sent == len(data):
+                return
+            data = data[sent:]
+        stream.write(data)
 
     def flush(self) -> None:
         """Write this connection's corked frames (one write)."""
@@ -74,7 +93,7 @@ class MiawsProtocol(WebSocketProtocol13):
         if stream is None or stream.closed():
             return
         try:
-            stream.write(box[0] if len(box) == 1 else b"".join(box))
+            self.write(box[0] if len(box) == 1 else b"".join(box))
         except StreamClosedError:
             pass
 
@@ -187,7 +206,15 @@ class MiawsProtocol(WebSocketProtocol13):
                     elif fragments is not None and not opcode & 0x08:
                         self._abort()  # a new message before the last one finished
                         return None
-                    handled = self._handle_message(opcode, payload)
+                    if opcode == 0x1:  # text: the common case, without two layers of calls
+                        try:
+                            text = payload.decode()
+                        except UnicodeDecodeError:
+                            self._abort()
+                            return None
+                        handled = self._run_callback(self.handler.on_message, text)
+                    else:
+                        handled = self._handle_message(opcode, payload)
                     if handled is not None:  # an async handler: finish it before the next
                         self._flush_corked(corked)
                         _corked = None
