@@ -13,9 +13,12 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 from collections.abc import Awaitable
 from time import perf_counter
 from typing import Any
+
+import orjson
 
 from miaws.auth import room_allowed
 from miaws.clock import Clock
@@ -51,7 +54,7 @@ def _no_constant(name: str) -> Any:
 
 # Strict JSON: NaN, Infinity and numbers beyond a double are refused (invalid-json) instead
 # of being echoed as tokens no JSON parser reads.  Both hooks run only on such tokens.
-_loads = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant).decode
+_strict_loads = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant).decode
 
 MAX_DEPTH = 128
 """Deepest nesting accepted (invalid-json beyond): every reply must still encode."""
@@ -72,6 +75,21 @@ def _too_deep(text: str, value: Any) -> bool:
         elif type(item) is list:
             level.extend((v, depth + 1) for v in item)
     return False
+
+
+_long_number = re.compile(r"[0-9]{19}").search  # may be an integer beyond 64 bits
+
+
+def _loads(text: str) -> Any:
+    """orjson for speed; the strict json decoder for what orjson refuses (NaN, infinities,
+    lone surrogates: then invalid-json or the json module's reading) or would turn into a
+    float (integers beyond 64 bits), so the result is always the json module's."""
+    if _long_number(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return _strict_loads(text)
 
 
 def valid_id(value: object) -> bool:
@@ -282,7 +300,7 @@ class Dispatcher:
             stats = self.stats
             started = perf_counter() if stats is not None else 0.0
             result = bound.descriptor.handler(ctx, message)
-            if inspect.isawaitable(result):
+            if result is not None and type(result) is not dict and inspect.isawaitable(result):
                 return self._finish(ctx, result, kind, started)
             if stats is not None:
                 stats.handled(kind, perf_counter() - started)

@@ -57,14 +57,15 @@ class RemoteEncoded(Encoded):
 
     __slots__ = ()
 
-    def __init__(self, text: str) -> None:  # not Encoded's: the text exists already
-        self.text = text
+    def __init__(self, data: bytes) -> None:  # not Encoded's: the UTF-8 JSON exists already
+        self.data = data
+        self._text = None
         self._frame = None
 
     def __getattr__(self, name: str) -> Any:
         # Only reached while the ``payload`` slot is unset.
         if name == "payload":
-            self.payload = json.loads(self.text)
+            self.payload = json.loads(self.data)
             return self.payload
         raise AttributeError(name)
 
@@ -143,7 +144,7 @@ class RedisHub(MemoryHub):
         if not self._up:
             self.dropped += 1
             return delivered
-        data = b"\n".join((self._node_bytes, (room or "").encode(), message.text.encode()))
+        data = b"\n".join((self._node_bytes, (room or "").encode(), message.data))
         try:
             self._outbox.put_nowait(data)
         except asyncio.QueueFull:
@@ -212,7 +213,7 @@ class RedisHub(MemoryHub):
             return  # ours: delivered locally when it was sent
         room, _, text = rest.partition(b"\n")
         try:
-            self.send_encoded(room.decode() or None, RemoteEncoded(text.decode()))
+            self.send_encoded(room.decode() or None, RemoteEncoded(text))
         except Exception:  # one bad message (or client) must not stop the subscriber
             log.exception("could not deliver a message from node %r", node)
 

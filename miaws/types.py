@@ -8,11 +8,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import orjson
+
 if TYPE_CHECKING:
     from miaws.dispatch import Context
     from miaws.ratelimit import TokenBucket
 
-__all__ = ["MessageType", "Handler", "Client", "Outgoing", "Encoded", "encode_json"]
+__all__ = [
+    "MessageType",
+    "Handler",
+    "Client",
+    "Outgoing",
+    "Encoded",
+    "encode_json",
+    "encode_json_bytes",
+]
 
 Reply = dict[str, Any] | None
 Handler = Callable[["Context", dict[str, Any]], "Reply | Awaitable[Reply]"]
@@ -36,32 +46,51 @@ class MessageType:
     description: str = ""
 
 
+def encode_json_bytes(payload: dict[str, Any]) -> bytes:
+    """The one JSON encoding miaws sends, as UTF-8: compact, non-ASCII kept as is.
+
+    orjson writes exactly that; what it refuses (integers beyond 64 bits, keys that are not
+    strings) goes through the json module instead."""
+    try:
+        return orjson.dumps(payload)
+    except TypeError:  # orjson.JSONEncodeError included
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (from a "\\ud800" escape) cannot be UTF-8: send it escaped, as
+        # JavaScript's JSON.stringify does.
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+
 def encode_json(payload: dict[str, Any]) -> str:
-    """The one JSON encoding miaws sends: compact, UTF-8 kept as is."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    """:func:`encode_json_bytes` as a str."""
+    return encode_json_bytes(payload).decode()
 
 
 class Encoded:
     """A message serialised once, for any number of recipients and transports."""
 
-    __slots__ = ("payload", "text", "_frame")
+    __slots__ = ("payload", "data", "_text", "_frame")
 
     def __init__(self, payload: dict[str, Any]) -> None:
         self.payload = payload
-        self.text = encode_json(payload)
+        self.data = encode_json_bytes(payload)  # UTF-8 JSON
+        self._text: str | None = None
         self._frame: bytes | None = None
+
+    @property
+    def text(self) -> str:
+        """The JSON text (decoded once, on first use)."""
+        if self._text is None:
+            self._text = self.data.decode()
+        return self._text
 
     @property
     def frame(self) -> bytes:
         """The unmasked WebSocket text frame (built once, on first use)."""
         if self._frame is None:
-            try:
-                data = self.text.encode()
-            except UnicodeEncodeError:
-                # A lone surrogate (from a "\\ud800" escape) cannot be UTF-8: send it escaped,
-                # as JavaScript's JSON.stringify does.
-                self.text = json.dumps(self.payload, separators=(",", ":"))
-                data = self.text.encode()
+            data = self.data
             n = len(data)
             if n < 126:
                 head = bytes((0x81, n))

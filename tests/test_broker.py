@@ -59,7 +59,7 @@ def test_redis_url_from_the_environment() -> None:
 def test_remote_message_keeps_the_senders_bytes() -> None:
     """A message from another node is sent with the exact bytes its node encoded."""
     original = Encoded({"type": "broadcast", "message": "ünï ✓" * 50, "timestamp": "t"})
-    remote = RemoteEncoded(original.text)
+    remote = RemoteEncoded(original.data)
     assert remote.frame == original.frame
     assert remote.payload == original.payload
 
