@@ -48,5 +48,6 @@ def make_app(service: Service) -> tornado.web.Application:
     if service.settings.socketio.enabled:
         from miaws.sio import PATH, SocketIOBridge  # python-socketio only when it is used
 
-        routes.append((PATH, SocketIOBridge(service).handler()))
+        service.socketio = SocketIOBridge(service)
+        routes.append((PATH, service.socketio.handler()))
     return tornado.web.Application(routes, **tornado_settings(service))

@@ -71,6 +71,8 @@ async def serve(
             break
         await asyncio.sleep(0.05)
     await server.close_all_connections()
+    if service.socketio is not None:
+        await service.socketio.shutdown()
     await service.hub.close()
 
 

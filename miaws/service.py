@@ -45,6 +45,7 @@ class Service:
         self.namespaced = sio.enabled and set(sio.namespaces) != {"/"}
         self.stats = Stats()  # plain counters behind /metrics
         self.dispatcher.stats = self.stats
+        self.socketio: Any = None  # the SocketIOBridge when Socket.IO is enabled
         self.config_path: Path | None = None  # what a reload re-reads (None: defaults)
         self.port_override: int | None = None  # `serve --port`, kept across reloads
 

@@ -141,6 +141,12 @@ class SocketIOBridge:
 
         return Handler
 
+    async def shutdown(self) -> None:
+        """End every Engine.IO connection and python-socketio's background tasks."""
+        for socket in list(self.sio.eio.sockets.values()):
+            await socket.close(wait=False, abort=True)
+        await self.sio.shutdown()
+
     # ------------------------------------------------------------ sending
     def encode(self, message: Encoded, namespace: str) -> str:
         """The Socket.IO EVENT packet for message, encoded once per broadcast: the hub hands

@@ -49,8 +49,10 @@ def service(settings: Settings, io_loop: Any) -> Iterator[Service]:
 
 
 @pytest.fixture
-def app(service: Service) -> tornado.web.Application:
-    return make_app(service)
+def app(service: Service, io_loop: Any) -> Iterator[tornado.web.Application]:
+    yield make_app(service)
+    if service.socketio is not None:  # stop Engine.IO's background task before the loop closes
+        io_loop.run_sync(service.socketio.shutdown, timeout=5)
 
 
 @pytest.fixture
