@@ -64,7 +64,7 @@ class _Server(socketio.AsyncServer):  # type: ignore[misc]
 class SocketIOClient(Client):
     """A client connected to one Socket.IO namespace."""
 
-    __slots__ = ("bridge", "sid", "eio_sid", "closed_with")
+    __slots__ = ("bridge", "sid", "eio_sid", "closed_with", "handler")
 
     def __init__(
         self, bridge: SocketIOBridge, sid: str, eio_sid: str, client_id: str, **kw: Any
@@ -74,10 +74,14 @@ class SocketIOClient(Client):
         self.sid = sid
         self.eio_sid = eio_sid
         self.closed_with: tuple[int, str] | None = None
+        self.handler: Any = None  # the Tornado handler of a connection opened as WebSocket
 
     def deliver(self, message: Encoded) -> None:
         """Emit the event named by the message's ``type``, with the message as its argument."""
-        self.bridge.send(self, self.bridge.encode(message, self.namespace))
+        text = self.bridge.encode(message, self.namespace)
+        if self.bridge.over_queue_cap(self, len(text)):
+            return
+        self.bridge.send(self, text)
         self.messages_out += 1
 
     def close(self, code: int, reason: str = "") -> None:
@@ -161,6 +165,36 @@ class SocketIOBridge:
         self._last = (message, namespace, text)
         return text
 
+    def over_queue_cap(self, client: SocketIOClient, size: int) -> bool:
+        """limits.max_queued_bytes for a Socket.IO client: True (and the client is dropped with
+        1013) when what waits for it would pass the cap: Tornado's write buffer of its
+        WebSocket plus Engine.IO's packet queue (counted as packets of this size; polling
+        clients queue there).  An empty queue takes any packet."""
+        cap = self.service.settings.limits.max_queued_bytes
+        if not cap:
+            return False
+        socket = self.sio.eio.sockets.get(client.eio_sid)
+        queued = socket.queue.qsize() * size if socket is not None else 0
+        conn = getattr(client.handler, "ws_connection", None)
+        if conn is not None and conn.stream is not None:
+            queued += len(conn.stream._write_buffer)  # what the peer has not taken yet
+        if not queued or queued + size <= cap:
+            return False
+        if client.closed_with is None:
+            client.closed_with = (CloseCode.TRY_AGAIN_LATER, "slow consumer: too much data queued")
+            log.warning(
+                "slow consumer clientId=%s: about %d bytes queued, limits.max_queued_bytes is %d;"
+                " closing with 1013",
+                client.client_id,
+                queued,
+                cap,
+            )
+            if conn is not None:
+                conn.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+            if socket is not None:
+                self.spawn(socket.close(wait=False, abort=True))
+        return True
+
     def send(self, client: SocketIOClient, text: str) -> None:
         self.spawn(self._send(client.eio_sid, text))
 
@@ -221,6 +255,7 @@ class SocketIOBridge:
             namespace=namespace,
         )
         identity.apply(client)
+        client.handler = environ.get("tornado.handler")
         self.clients[namespace, sid] = client
         self.service.connect(client)
         return True

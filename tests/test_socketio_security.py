@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 import socketio
 import tornado.httpclient
+from helpers import eventually
 from sio_helpers import SioPeer
 
+from miaws.check import expect_type
 from miaws.service import Service
 
 TOKENS = {"auth": {"mode": "token", "tokens": {"s3cret": {"user": "ann", "rooms": ["ok"]}}}}
@@ -61,3 +64,25 @@ async def test_connection_cap(port: int, ws_connect: Any) -> None:
     """Over limits.max_connections a Socket.IO client is refused (connect_error)."""
     await ws_connect()
     assert "server full" in await refused(port)
+
+
+@pytest.mark.config({"limits": {"max_queued_bytes": 200_000}})
+async def test_slow_socketio_consumer_closed_1013(
+    port: int, raw_connect: Any, ws_connect: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Socket.IO client that stops reading is dropped (logged 1013); others carry on."""
+    caplog.set_level(logging.INFO, "miaws")
+    slow = await raw_connect("/socket.io/?EIO=4&transport=websocket", rcvbuf=4096)
+    assert (await slow.read_frame())[1].startswith(b"0")  # Engine.IO open  # type: ignore[index]
+    slow.send_text("40")  # connect to namespace "/"; from here on it reads nothing
+    fast = await ws_connect()
+    blob = "x" * 60000
+    for count in range(1000):
+        if any("slow consumer" in r.getMessage() for r in caplog.records):
+            break
+        await fast.send({"type": "broadcast", "message": blob})
+        expect_type(await fast.recv(), "broadcast", message=blob)
+    else:
+        raise AssertionError("the slow Socket.IO consumer was never detected")
+    expect_type(await fast.request({"type": "ping"}), "pong")
+    await eventually(lambda: any("code=1013" in r.getMessage() for r in caplog.records))
