@@ -15,9 +15,11 @@ import struct
 from typing import Any
 
 
-def client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
-    """A masked client frame."""
-    head = bytes([(0x80 if fin else 0) | opcode])
+def client_frame(
+    payload: bytes, opcode: int = 0x1, fin: bool = True, rsv: int = 0, mask: bytes | None = None
+) -> bytes:
+    """A masked client frame (a random mask unless one is given)."""
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
     n = len(payload)
     if n < 126:
         head += bytes([0x80 | n])
@@ -25,7 +27,7 @@ def client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
         head += bytes([0x80 | 126]) + struct.pack("!H", n)
     else:
         head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    mask = os.urandom(4)
+    mask = mask or os.urandom(4)
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 

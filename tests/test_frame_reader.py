@@ -15,6 +15,7 @@ import struct
 from typing import Any
 
 import pytest
+from rawws import client_frame
 
 from miaws.service import Service
 
@@ -22,17 +23,8 @@ MASK = b"\x11\x22\x33\x44"
 
 
 def frame(payload: bytes, opcode: int = 0x1, fin: bool = True, rsv: int = 0) -> bytes:
-    """A masked client frame."""
-    head = bytes([(0x80 if fin else 0) | rsv | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    masked = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
-    return head + MASK + masked
+    """A masked client frame with a fixed mask."""
+    return client_frame(payload, opcode, fin, rsv, MASK)
 
 
 def text(message: dict[str, Any]) -> bytes:

@@ -77,7 +77,7 @@ async def test_slow_socketio_consumer_closed_1013(
     slow.send_text("40")  # connect to namespace "/"; from here on it reads nothing
     fast = await ws_connect()
     blob = "x" * 60000
-    for count in range(1000):
+    for _ in range(1000):
         if any("slow consumer" in r.getMessage() for r in caplog.records):
             break
         await fast.send({"type": "broadcast", "message": blob})
