@@ -12,6 +12,9 @@ from another epoch can therefore never be resumed, only reported as lost.
 :class:`MemoryHistory` serves one process.  A shared backend (Redis streams) implements the
 same four methods.  Everything here runs synchronously on the event loop, so stamping a
 broadcast and reading the history while joining a room cannot interleave.
+
+:class:`SharedHistory` is the other kind: a history several nodes share (Redis streams, see
+:mod:`miaws.redis_history`), stamped by the broker and read asynchronously.
 """
 
 from __future__ import annotations
@@ -21,13 +24,24 @@ import itertools
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from miaws.config import HistoryRoom
 
-__all__ = ["RoomHistory", "MemoryHistory", "Position", "history_from_rules"]
+if TYPE_CHECKING:
+    from miaws.types import Client
+
+__all__ = [
+    "RoomHistory",
+    "SharedHistory",
+    "MemoryHistory",
+    "Position",
+    "Joined",
+    "Rules",
+    "history_from_rules",
+]
 
 
 class Position:
@@ -68,6 +82,47 @@ class RoomHistory(Protocol):
         ...
 
 
+class Joined(NamedTuple):
+    """What a join to a room of a :class:`SharedHistory` found."""
+
+    position: Position | None  # None: the history could not be read (broker down)
+    recovered: bool | None  # None: the join had no ``since``
+    messages: list[dict[str, Any]]  # to send after the reply, in order
+
+
+@runtime_checkable
+class SharedHistory(Protocol):
+    """A history shared by several nodes: the broker stamps, joins read asynchronously."""
+
+    def covers(self, room: str) -> bool: ...
+
+    def join(self, client: Client, room: str, since: tuple[str, int] | None) -> Awaitable[Joined]:
+        """Position of room, whether ``since`` was recovered, and the messages to send the
+        joining client (missed ones, then live ones held back meanwhile), each once.  The
+        room's live messages for client are held back from the call on."""
+        ...
+
+
+class Rules:
+    """The ``history.rooms`` rules, matched by glob (first match wins), cached per room."""
+
+    def __init__(self, rules: Sequence[HistoryRoom]) -> None:
+        self.rules = list(rules)
+        self._cache: dict[str, HistoryRoom | None] = {}
+
+    def rule(self, room: str) -> HistoryRoom | None:
+        """The first rule whose glob matches room, or None."""
+        try:
+            return self._cache[room]
+        except KeyError:
+            pass
+        found = next((r for r in self.rules if fnmatch.fnmatchcase(room, r.match)), None)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[room] = found
+        return found
+
+
 @dataclass
 class _Room:
     epoch: str
@@ -84,22 +139,11 @@ class MemoryHistory:
     def __init__(
         self, rules: Sequence[HistoryRoom], now: Callable[[], float] = time.monotonic
     ) -> None:
-        self.rules = list(rules)
+        self._rules = Rules(rules)
+        self.rules = self._rules.rules
+        self.rule = self._rules.rule
         self._now = now
         self._rooms: OrderedDict[str, _Room] = OrderedDict()  # least recently used first
-        self._rule_cache: dict[str, HistoryRoom | None] = {}
-
-    def rule(self, room: str) -> HistoryRoom | None:
-        """The first rule whose glob matches room, or None."""
-        try:
-            return self._rule_cache[room]
-        except KeyError:
-            pass
-        found = next((r for r in self.rules if fnmatch.fnmatchcase(room, r.match)), None)
-        if len(self._rule_cache) > 10_000:
-            self._rule_cache.clear()
-        self._rule_cache[room] = found
-        return found
 
     def covers(self, room: str) -> bool:
         return self.rule(room) is not None

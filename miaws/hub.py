@@ -18,7 +18,7 @@ from miaws.types import Client, Encoded
 if TYPE_CHECKING:
     from miaws.cluster import ClusterView
     from miaws.config import Settings
-    from miaws.history import RoomHistory
+    from miaws.history import RoomHistory, SharedHistory
 
 __all__ = [
     "Hub",
@@ -62,9 +62,9 @@ def send_to_namespace(hub: Hub, namespace: str, payload: dict[str, Any]) -> int:
 class Hub(Protocol):
     """What the core and the transports need of a hub."""
 
-    history: RoomHistory | None
+    history: RoomHistory | SharedHistory | None
     """Room history (``history.rooms``); ``group_send`` to a covered room stamps and keeps
-    each message.  None when history is off."""
+    each message.  A :class:`SharedHistory` with the Redis hub.  None when history is off."""
 
     def add(self, client: Client) -> None: ...
     def remove(self, client: Client) -> None: ...
@@ -93,19 +93,19 @@ def make_hub(settings: Settings) -> Hub:
     """The hub ``broker.type`` asks for (redis is imported only when chosen)."""
     from miaws.history import history_from_rules
 
-    history = history_from_rules(settings.history.rooms)
     if settings.broker.type == "redis":
         from miaws.redis_hub import RedisHub
 
-        return RedisHub.from_settings(settings, history)
-    return MemoryHub(history)
+        return RedisHub.from_settings(settings)  # history in Redis: shared by the nodes
+    return MemoryHub(history_from_rules(settings.history.rooms))
 
 
 class MemoryHub:
     """Clients and rooms of this process."""
 
     def __init__(self, history: RoomHistory | None = None) -> None:
-        self.history = history
+        self.history: RoomHistory | SharedHistory | None = history
+        self._kept = history  # stamps and keeps in this process
         self._clients: dict[str, Client] = {}
         self._rooms: dict[str, dict[Client, None]] = {}  # insertion-ordered member sets
 
@@ -173,8 +173,8 @@ class MemoryHub:
 
     def stamp(self, room: str | None, payload: dict[str, Any]) -> dict[str, Any]:
         """payload with ``epoch``/``seq`` (and kept) when room keeps a history; else as is."""
-        if room is not None and self.history is not None and self.history.covers(room):
-            return self.history.append(room, payload)
+        if room is not None and self._kept is not None and self._kept.covers(room):
+            return self._kept.append(room, payload)
         return payload
 
     def send_encoded(self, room: str | None, message: Encoded) -> int:

@@ -13,6 +13,11 @@ Every ``broker.heartbeat`` seconds a node writes its counts to ``{prefix}:node:{
 time to live of three heartbeats (and its id to the set ``{prefix}:nodes``); the cluster
 view reads them back, so a crashed node drops out on its own.
 
+Rooms with history (``history.rooms``) go another way, described in
+:mod:`miaws.redis_history`: the publisher stamps, keeps and publishes them in one Lua script,
+as ``\n room \n epoch \n seq \n text`` (no node id), and every node, the sender's included,
+delivers them as they come back, so every node delivers them in seq order.
+
 Faults: when Redis cannot be reached the node logs it once, keeps serving its own clients
 (:meth:`status` is ``degraded``), drops cross-node messages instead of queueing them, and
 reconnects with exponential backoff (0.1 s doubling up to the heartbeat), resubscribing.
@@ -26,6 +31,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,9 +41,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from miaws.cluster import TTL_HEARTBEATS, BrokerUnavailable, ClusterView, NodeCounts
-from miaws.config import ConfigError, Settings
-from miaws.history import RoomHistory
+from miaws.config import ConfigError, HistoryRoom, Settings
 from miaws.hub import MemoryHub
+from miaws.redis_history import RedisHistory
 from miaws.types import Encoded
 
 __all__ = ["RedisHub", "RemoteEncoded"]
@@ -93,9 +99,9 @@ class RedisHub(MemoryHub):
         channel_prefix: str = "miaws",
         heartbeat: float = 5.0,
         node_id: str | None = None,
-        history: RoomHistory | None = None,
+        history_rules: Sequence[HistoryRoom] = (),
     ) -> None:
-        super().__init__(history)
+        super().__init__()
         self.url = url
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.heartbeat = heartbeat
@@ -112,7 +118,14 @@ class RedisHub(MemoryHub):
             retry=Retry(NoBackoff(), 0),
             health_check_interval=max(1, round(heartbeat)),
         )
-        self._outbox: asyncio.Queue[bytes] = asyncio.Queue(OUTBOX_MAX)
+        self.shared = (
+            RedisHistory(history_rules, self._redis, channel_prefix, self.channel)
+            if history_rules
+            else None
+        )
+        self.history = self.shared
+        # bytes: a PUBLISH as is; (room, JSON): a message to stamp and keep first
+        self._outbox: asyncio.Queue[bytes | tuple[str, bytes]] = asyncio.Queue(OUTBOX_MAX)
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = False
         self._up = False
@@ -122,11 +135,14 @@ class RedisHub(MemoryHub):
         self._first_attempt = asyncio.Event()
 
     @classmethod
-    def from_settings(cls, settings: Settings, history: RoomHistory | None = None) -> RedisHub:
+    def from_settings(cls, settings: Settings) -> RedisHub:
         b = settings.broker
         try:
             return cls(
-                b.url, channel_prefix=b.channel_prefix, heartbeat=b.heartbeat, history=history
+                b.url,
+                channel_prefix=b.channel_prefix,
+                heartbeat=b.heartbeat,
+                history_rules=settings.history.rooms,
             )
         except ValueError as exc:  # redis-py's URL parser: a bad port, database, option
             raise ConfigError(
@@ -137,14 +153,24 @@ class RedisHub(MemoryHub):
     def group_send(self, room: str | None, payload: dict[str, Any]) -> int:
         """Deliver to this node's members now and queue one publish for the other nodes.
 
-        Returns the number of recipients on this node.
+        Returns the number of recipients on this node.  A message to a room with history is
+        delivered (here too) only once Redis has stamped it; while Redis is unreachable it
+        goes, unstamped and not kept, to this node's members only.
         """
-        message = Encoded(self.stamp(room, payload))
-        delivered = self.send_encoded(room, message)
-        if not self._up:
-            self.dropped += 1
-            return delivered
-        data = b"\n".join((self._node_bytes, (room or "").encode(), message.data))
+        message = Encoded(payload)
+        data: bytes | tuple[str, bytes]
+        if room is not None and self.shared is not None and self.shared.covers(room):
+            if not self._up:
+                self.dropped += 1
+                return self.send_encoded(room, message)
+            delivered = self.room_size(room)
+            data = (room, message.data)
+        else:
+            delivered = self.send_encoded(room, message)
+            if not self._up:
+                self.dropped += 1
+                return delivered
+            data = b"\n".join((self._node_bytes, (room or "").encode(), message.data))
         try:
             self._outbox.put_nowait(data)
         except asyncio.QueueFull:
@@ -167,7 +193,11 @@ class RedisHub(MemoryHub):
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for data in batch:
-                    pipe.publish(self.channel, data)
+                    if isinstance(data, bytes):
+                        pipe.publish(self.channel, data)
+                    else:
+                        assert self.shared is not None
+                        await self.shared.queue_append(pipe, *data)
                 await pipe.execute()
             except BrokerErrors as exc:
                 self.dropped += len(batch)
@@ -211,9 +241,16 @@ class RedisHub(MemoryHub):
         node, _, rest = data.partition(b"\n")
         if node == self._node_bytes:
             return  # ours: delivered locally when it was sent
-        room, _, text = rest.partition(b"\n")
         try:
-            self.send_encoded(room.decode() or None, RemoteEncoded(text))
+            if not node and self.shared is not None:  # stamped by Redis: everyone delivers
+                room_b, epoch, seq, text = rest.split(b"\n", 3)
+                room = room_b.decode()
+                self.shared.deliver(
+                    room, epoch.decode(), int(seq), RemoteEncoded(text), self.members(room)
+                )
+                return
+            room_b, _, text = rest.partition(b"\n")
+            self.send_encoded(room_b.decode() or None, RemoteEncoded(text))
         except Exception:  # one bad message (or client) must not stop the subscriber
             log.exception("could not deliver a message from node %r", node)
 

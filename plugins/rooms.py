@@ -8,21 +8,36 @@ In a room with history (``history.rooms``), ``room-joined`` carries the room's c
 before any new one; or it says ``recovered: false`` (the history no longer covers the gap,
 or the epoch is another) and nothing follows.  Joining, reading the history and queuing the
 replies happen in one step on the event loop, so no broadcast can slip in between.
+
+With the Redis hub the history is shared (:class:`~miaws.history.SharedHistory`): the join
+reads it asynchronously, and the hub holds back the room's live messages for this client
+until the reply and the missed messages are queued.
 """
 
+from collections.abc import Awaitable
 from typing import Any
 
 from miaws import Context, MessageType, hookimpl
+from miaws.history import Joined, SharedHistory
+from miaws.hub import room_key
 from miaws.types import Outgoing
 
 
-def handle_join(ctx: Context, message: dict[str, Any]) -> None:
+def handle_join(ctx: Context, message: dict[str, Any]) -> Awaitable[None] | None:
     room = message["room"]
     ctx.join(room)
     reply: dict[str, Any] = {"type": "room-joined", "room": room}
     since = message.get("since")
     missed: list[dict[str, Any]] = []
     history = ctx.hub.history
+    if isinstance(history, SharedHistory):
+        key = room_key(ctx.client.namespace, room)
+        if history.covers(key):
+            pending = history.join(
+                ctx.client, key, (since["epoch"], since["seq"]) if since else None
+            )
+            return join_shared(ctx, pending, reply)
+        history = None
     if history is not None and history.covers(room):
         if since is not None:
             found = history.since(room, since["epoch"], since["seq"])
@@ -35,6 +50,18 @@ def handle_join(ctx: Context, message: dict[str, Any]) -> None:
         reply["recovered"] = False  # this room keeps no history
     ctx.reply(reply)
     ctx.out.extend(Outgoing(m) for m in missed)
+    return None
+
+
+async def join_shared(ctx: Context, pending: Awaitable[Joined], reply: dict[str, Any]) -> None:
+    joined = await pending
+    if joined.recovered is not None:
+        reply["recovered"] = joined.recovered
+    if joined.position is not None:
+        reply["epoch"] = joined.position.epoch
+        reply["seq"] = joined.position.seq
+    ctx.reply(reply)
+    ctx.out.extend(Outgoing(m) for m in joined.messages)
 
 
 def handle_leave(ctx: Context, message: dict[str, Any]) -> dict[str, Any]:
