@@ -30,7 +30,7 @@ def handle_join(ctx: Context, message: dict[str, Any]) -> Awaitable[None] | None
     since = message.get("since")
     missed: list[dict[str, Any]] = []
     history = ctx.hub.history
-    if isinstance(history, SharedHistory):
+    if history is not None and isinstance(history, SharedHistory):
         key = room_key(ctx.client.namespace, room)
         if history.covers(key):
             pending = history.join(
