@@ -45,6 +45,9 @@ READ_CHUNK = 65536  # at most this many bytes per read; every complete frame in 
 
 # Connections with corked frames while a read is handled; None when no read is being handled.
 _corked: list[MiawsProtocol] | None = None
+# Every connection's frame reader task (asyncio itself keeps tasks only weakly).
+_readers: set[asyncio.Future[None]] = set()
+_loop = asyncio.get_running_loop
 
 
 class MiawsProtocol(WebSocketProtocol13):
@@ -150,15 +153,59 @@ class MiawsProtocol(WebSocketProtocol13):
             self.lingering = False
             super()._abort()
 
+    def start_pinging(self) -> None:
+        """Tornado's heartbeat, on loop timers instead of a task per connection.
+
+        Same settings (``websocket_ping_interval`` / ``websocket_ping_timeout``), same frames
+        and the same schedule as Tornado's ``periodic_ping``: a ping every interval, and a
+        close with "ping timed out" when no pong came within the timeout.  One pending
+        ``TimerHandle`` per connection costs ~150 bytes where the task, its two coroutines and
+        their futures cost ~1 KiB.  The handle is kept where Tornado keeps its task, so
+        Tornado's ``close`` cancels it."""
+        if self._ping_coroutine is None and self.ping_interval > 0:
+            self._ping_coroutine = _loop().call_later(self.ping_interval, self._send_ping)  # type: ignore[assignment]
+
+    _ping_sent = 0.0
+
+    def _send_ping(self) -> None:
+        self._received_pong = False
+        self._ping_sent = _loop().time()
+        try:
+            self.write_ping(b"")
+        except StreamClosedError:
+            self._ping_coroutine = None
+            return
+        self._ping_coroutine = _loop().call_later(self.ping_timeout, self._check_pong)  # type: ignore[assignment]
+
+    def _check_pong(self) -> None:
+        self._ping_coroutine = None
+        if self.ping_timeout > 0 and not self._received_pong:
+            self.close(reason=PING_TIMED_OUT)
+            return
+        when = self._ping_sent + self.ping_interval
+        self._ping_coroutine = _loop().call_at(when, self._send_ping)  # type: ignore[assignment]
+
     def _handle_message(self, opcode: int, data: bytes) -> Any:
         if opcode == 0x8:
             self.got_close_frame = True
         return super()._handle_message(opcode, data)
 
     async def _receive_frame_loop(self) -> None:
+        """Start reading frames in a task of its own and return.
+
+        Tornado awaits this at the end of a chain of five coroutines (``_execute`` → ``get``
+        → ``accept_connection`` → ``_accept_connection``) that would otherwise stay alive as
+        long as the connection (~1.3 KiB); returning lets that chain finish once the
+        connection is open."""
         if self._decompressor is not None:  # permessage-deflate: Tornado's own reader
-            await super()._receive_frame_loop()
-            return
+            reader = super()._receive_frame_loop()
+        else:
+            reader = self._read_frames()
+        task = asyncio.ensure_future(reader)
+        _readers.add(task)  # the event loop keeps only weak references to tasks
+        task.add_done_callback(_readers.discard)
+
+    async def _read_frames(self) -> None:
         stream = self.stream
         pending = bytearray()  # bytes of frames not complete yet
         need = 2  # bytes pending must hold before parsing is worth trying
@@ -184,6 +231,9 @@ class MiawsProtocol(WebSocketProtocol13):
                     pending += tail
                 await asyncio.sleep(0)  # a fair turn for the other connections
         except StreamClosedError:
+            self._abort()
+        except Exception:  # a bug here must not pass silently; Tornado's reader logs too
+            log.exception("frame reader failed; closing the connection")
             self._abort()
         finally:
             self.handler.on_ws_connection_close(self.close_code, self.close_reason)
@@ -339,13 +389,16 @@ class NativeClient(Client):
 class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
     """``server.ws_path``: welcome on open, each text frame through the dispatcher."""
 
-    service: Service
-    client: NativeClient | None = None
-    identity: Identity | None = None  # None after open: waiting for {"type":"auth"}
-    _late_timer: object | None = None
+    # Slots keep the instance dict below CPython's 30-key limit for shared-key dicts
+    # (Tornado adds seven keys when the WebSocket opens); past it each handler carries a
+    # private 1.6 KiB dict.
+    __slots__ = ("service", "client", "identity", "_late_timer")
 
     def initialize(self, service: Service) -> None:
         self.service = service
+        self.client: NativeClient | None = None
+        self.identity: Identity | None = None  # None after open: waiting for {"type":"auth"}
+        self._late_timer: object | None = None
 
     def prepare(self) -> None:
         """Authenticate before the upgrade: a missing or bad token is answered 401."""
@@ -415,10 +468,14 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         self._shed()
 
     def _shed(self) -> None:
-        """Drop what an open WebSocket never uses again (about 2.5 KiB per connection): the
-        request and response headers (the client keeps the User-Agent) and the template UI
-        namespace (Tornado drops it at close anyway)."""
-        self.request.headers = tornado.httputil.HTTPHeaders()
+        """Drop what an open WebSocket never uses again (about 4 KiB per connection): the
+        request and response headers (the client keeps the User-Agent), the template UI
+        namespace (Tornado drops it at close anyway) and the HTTP/1 connection objects the
+        upgrade came through (with the request headers they keep)."""
+        request = self.request
+        request.headers = tornado.httputil.HTTPHeaders()
+        request.connection = None
+        request.server_connection = None
         self._headers = tornado.httputil.HTTPHeaders()
         self.ui = None  # type: ignore[assignment]
 
