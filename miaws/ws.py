@@ -344,6 +344,15 @@ class MiawsProtocol(WebSocketProtocol13):
         return CloseCode.ABNORMAL_CLOSURE, "connection lost"
 
 
+class _ListQueue(list[Any]):
+    """The part of ``collections.deque`` that Tornado's write queues use, on a list."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
 class NativeClient(Client):
     """A client of the native endpoint; writes prebuilt frames straight to its stream."""
 
@@ -478,6 +487,12 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         request.server_connection = None
         self._headers = tornado.httputil.HTTPHeaders()
         self.ui = None  # type: ignore[assignment]
+        # IOStream's two write queues are deques, each allocating a 520-byte block even when
+        # empty, which they nearly always are here: a list costs nothing until used.
+        stream = self.ws_connection.stream  # type: ignore[union-attr]
+        stream._write_futures = _ListQueue(stream._write_futures)  # type: ignore[assignment]
+        buffer = stream._write_buffer
+        buffer._buffers = _ListQueue(buffer._buffers)  # type: ignore[assignment]
 
     def _late_auth(self, message: str | bytes) -> None:
         """The first frame of a connection that came without a token."""
