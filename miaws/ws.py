@@ -489,10 +489,10 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         self.ui = None  # type: ignore[assignment]
         # IOStream's two write queues are deques, each allocating a 520-byte block even when
         # empty, which they nearly always are here: a list costs nothing until used.
-        stream = self.ws_connection.stream  # type: ignore[union-attr]
-        stream._write_futures = _ListQueue(stream._write_futures)  # type: ignore[assignment]
-        buffer = stream._write_buffer
-        buffer._buffers = _ListQueue(buffer._buffers)  # type: ignore[assignment]
+        stream: Any = self.ws_connection.stream if self.ws_connection else None
+        if stream is not None:
+            stream._write_futures = _ListQueue(stream._write_futures)
+            stream._write_buffer._buffers = _ListQueue(stream._write_buffer._buffers)
 
     def _late_auth(self, message: str | bytes) -> None:
         """The first frame of a connection that came without a token."""
