@@ -21,7 +21,8 @@ import asyncio
 import inspect
 import logging
 import re
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, NamedTuple, cast
 
 import tornado.httputil
 import tornado.websocket
@@ -45,8 +46,7 @@ READ_CHUNK = 65536  # at most this many bytes per read; every complete frame in 
 
 # Connections with corked frames while a read is handled; None when no read is being handled.
 _corked: list[MiawsProtocol] | None = None
-# Every connection's frame reader task (asyncio itself keeps tasks only weakly).
-_readers: set[asyncio.Future[None]] = set()
+_tasks: set[asyncio.Future[Any]] = set()  # see _keep
 _loop = asyncio.get_running_loop
 
 
@@ -191,60 +191,95 @@ class MiawsProtocol(WebSocketProtocol13):
         return super()._handle_message(opcode, data)
 
     async def _receive_frame_loop(self) -> None:
-        """Start reading frames in a task of its own and return.
+        """Start reading frames and return.
 
         Tornado awaits this at the end of a chain of five coroutines (``_execute`` → ``get``
         → ``accept_connection`` → ``_accept_connection``) that would otherwise stay alive as
-        long as the connection (~1.3 KiB); returning lets that chain finish once the
-        connection is open."""
+        long as the connection.  miaws reads with callbacks instead: each read's future
+        calls :meth:`_on_read`, which handles every complete frame and asks for the next
+        read, so a waiting connection holds no task or coroutine (~2.5 KiB less).  Future
+        callbacks run as their own turns of the event loop, so after each read the other
+        connections get theirs (fair turns)."""
         if self._decompressor is not None:  # permessage-deflate: Tornado's own reader
-            reader = super()._receive_frame_loop()
-        else:
-            reader = self._read_frames()
-        task = asyncio.ensure_future(reader)
-        _readers.add(task)  # the event loop keeps only weak references to tasks
-        task.add_done_callback(_readers.discard)
+            _keep(asyncio.ensure_future(super()._receive_frame_loop()))
+            return
+        self._read_next()
 
-    async def _read_frames(self) -> None:
-        stream = self.stream
-        pending = bytearray()  # bytes of frames not complete yet
-        need = 2  # bytes pending must hold before parsing is worth trying
+    _pending: bytearray | None = None  # the start of a frame not complete yet
+    _need = 2  # bytes _pending must hold before parsing is worth trying
+
+    def _read_next(self) -> None:
         try:
-            while not self.client_terminated:
-                chunk = await stream.read_bytes(READ_CHUNK, partial=True)
-                if pending:
-                    pending += chunk
-                    if len(pending) < need:
-                        continue
-                    data = bytes(pending)
-                    pending.clear()
-                elif len(chunk) < need:
-                    pending += chunk
-                    continue
-                else:
-                    data = chunk
-                rest = await self._handle_frames(data)
-                if rest is None:
-                    break
-                need, tail = rest
-                if tail:
-                    pending += tail
-                await asyncio.sleep(0)  # a fair turn for the other connections
+            # A Future (typed Awaitable by Tornado): done already when bytes were buffered.
+            future = cast("asyncio.Future[bytes]", self.stream.read_bytes(READ_CHUNK, partial=True))
         except StreamClosedError:
             self._abort()
+            self._stopped()
+            return
+        future.add_done_callback(self._on_read)
+
+    def _on_read(self, future: asyncio.Future[bytes]) -> None:
+        try:
+            chunk = future.result()
+        except StreamClosedError:
+            self._abort()
+            self._stopped()
+            return
+        pending = self._pending
+        if pending is not None:
+            pending += chunk
+            if len(pending) < self._need:
+                self._read_next()
+                return
+            self._pending = None
+            chunk = bytes(pending)
+        elif len(chunk) < self._need:
+            self._pending = bytearray(chunk)
+            self._read_next()
+            return
+        self._handle_read(chunk)
+
+    def _handle_read(self, data: bytes, pos: int = 0) -> None:
+        """Handle the frames of data from pos on, then read on or stop."""
+        try:
+            step = self._handle_frames(data, pos)
         except Exception:  # a bug here must not pass silently; Tornado's reader logs too
             log.exception("frame reader failed; closing the connection")
             self._abort()
-        finally:
-            self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+            step = None
+        if isinstance(step, _Paused):
+            _keep(asyncio.ensure_future(self._resume(step, data)))
+        elif step is None or self.client_terminated:
+            self._stopped()
+        else:
+            self._need, tail = step
+            if tail:
+                self._pending = bytearray(tail)
+            self._read_next()
 
-    async def _handle_frames(self, data: bytes) -> tuple[int, bytes] | None:
-        """Handle every complete frame in data, corking what is sent meanwhile.
+    async def _resume(self, paused: _Paused, data: bytes) -> None:
+        """Wait for an async handler, then go on with the frames after its message."""
+        try:
+            await paused.handled
+        except Exception:
+            pass  # Tornado's _run_callback logs it
+        if self.client_terminated:
+            self._stopped()
+        else:
+            self._handle_read(data, paused.pos)
 
-        Returns (bytes needed for the next frame, the unparsed tail), or None once the
-        connection is done (aborted, closed or over the size limit)."""
+    def _stopped(self) -> None:
+        """Reading has ended: tell the handler how the connection closed."""
+        self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+
+    def _handle_frames(self, data: bytes, pos: int) -> tuple[int, bytes] | _Paused | None:
+        """Handle every complete frame of data from pos on, corking what is sent meanwhile.
+
+        Returns (bytes needed for the next frame, the unparsed tail); :class:`_Paused` when
+        an async handler must finish before the next frame; or None once the connection is
+        done (aborted, closed or over the size limit)."""
         global _corked
-        pos, end = 0, len(data)
+        end = len(data)
         corked: list[MiawsProtocol] = []
         _corked = corked
         try:
@@ -303,10 +338,7 @@ class MiawsProtocol(WebSocketProtocol13):
                     else:
                         handled = self._handle_message(opcode, payload)
                     if handled is not None:  # an async handler: finish it before the next
-                        self._flush_corked(corked)
-                        _corked = None
-                        await handled
-                        _corked = corked
+                        return _Paused(handled, pos)
                     if self.client_terminated:
                         return None
                 elif opcode & 0x08:  # control frames must not be fragmented
@@ -342,6 +374,19 @@ class MiawsProtocol(WebSocketProtocol13):
         if self.got_close_frame:
             return close_code or CloseCode.NO_STATUS_RECEIVED, "closed by client"
         return CloseCode.ABNORMAL_CLOSURE, "connection lost"
+
+
+class _Paused(NamedTuple):
+    """Frame handling waits for an async handler; it goes on at ``pos`` when it is done."""
+
+    handled: Awaitable[Any]
+    pos: int
+
+
+def _keep(task: asyncio.Future[Any]) -> None:
+    """Hold a reference to task until it is done (the event loop keeps only weak ones)."""
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
 
 class _ListQueue(list[Any]):

@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,6 +80,32 @@ class Raw:
 
     def close(self) -> None:
         self.writer.close()
+
+
+SLOW_PLUGIN = """
+import asyncio
+from miaws import MessageType, hookimpl
+
+async def handle_slow(ctx, message):
+    await asyncio.sleep(0.05)
+    return {"type": "slow-done"}
+
+@hookimpl
+def register_message_types():
+    return [MessageType("slow", handle_slow, schema={"type": "object"})]
+"""
+
+
+@pytest.fixture
+def config_data(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """The test's ``config`` marker; tests named ``*async_handler*`` also get a plugin whose
+    ``slow`` handler is a coroutine."""
+    marker = request.node.get_closest_marker("config")
+    data: dict[str, Any] = dict(marker.args[0]) if marker else {}
+    if "async_handler" in request.node.name:
+        (tmp_path / "slow.py").write_text(SLOW_PLUGIN)
+        data["plugins"] = {"paths": [str(tmp_path)], "enabled": ["ping", "echo", "slow"]}
+    return data
 
 
 @pytest.fixture
@@ -197,3 +224,16 @@ async def test_replies_are_compact_utf8_json(raw: Any) -> None:
     _, payload = await client.read()
     assert b'"original":{"s":"h\xc3\xa9llo \xe2\x9c\x93","n":[1,2.5,' + str(big).encode() in payload
     assert b", " not in payload and b'": ' not in payload and b"\\u" not in payload
+
+
+async def test_frames_after_an_async_handler_wait_for_it(raw: Any) -> None:
+    """Frames read together with a message whose handler is a coroutine are handled only
+    once it has finished: replies keep the order of the requests."""
+    client = await raw()
+    await client.send(
+        text({"type": "echo", "message": 1})
+        + text({"type": "slow", "id": "s"})
+        + text({"type": "ping", "id": "p"})
+    )
+    replies = [await client.json() for _ in range(3)]
+    assert [r["type"] for r in replies] == ["echo", "slow-done", "pong"]
