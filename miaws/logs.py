@@ -65,5 +65,9 @@ def configure_logging(settings: Settings) -> None:
     )
     handler.setFormatter(formatter)
     root.setLevel(level)
+    # No format here shows the caller's file and line, thread or process, so the logging
+    # module need not look them up for every record (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # One line per HTTP request (and per WebSocket upgrade) is noise below debug.
     logging.getLogger("tornado.access").setLevel(max(level, logging.WARNING))
