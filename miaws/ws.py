@@ -1,8 +1,9 @@
 """The native WebSocket endpoint: a thin Tornado translator over the dispatch core.
 
 Tornado does the protocol work: heartbeat (``websocket_ping_interval`` /
-``websocket_ping_timeout``) and the size limit (``websocket_max_message_size``, closed with
-1009).  :class:`MiawsProtocol` only records who closed the connection and how, so that every
+``websocket_ping_timeout``; miaws only schedules Tornado's pings on loop timers, see
+:meth:`MiawsProtocol.start_pinging`) and the size limit (``websocket_max_message_size``, closed
+with 1009).  :class:`MiawsProtocol` only records who closed the connection and how, so that every
 disconnect is logged with the right code: the code the server sent, the code in the
 client's close frame (1005 if it had none), or 1006 when the connection was lost without a
 close frame.  A client that misses its heartbeat is dropped at once and logged as dead.
@@ -11,7 +12,8 @@ For speed, :class:`MiawsProtocol` also replaces Tornado's frame reader (one ``re
 header field and payload) with one that parses every complete frame of each read at once, and
 it *corks* writes: frames sent while a read is being handled (replies, broadcasts) are
 collected per connection and written with one ``stream.write`` each when the read is done.
-After each read the connection yields to the others (fair turns).  Everything else - control
+Reads are driven by future callbacks, each its own turn of the event loop, so after each read
+the other connections get theirs (fair turns).  Everything else - control
 frames, fragmentation, the size limit (1009), UTF-8 checks, closing - stays Tornado's.
 """
 
