@@ -12,10 +12,11 @@ from miaws.asyncapi import AsyncAPIHandler
 from miaws.httpapi import ClientsHandler, HealthHandler, PluginsHandler, RoomsHandler
 from miaws.metrics import MetricsHandler, metrics_registry
 from miaws.service import Service
+from miaws.upgrade import UpgradeServer
 from miaws.webconsole import console_routes
 from miaws.ws import WebSocketEndpoint
 
-__all__ = ["make_app"]
+__all__ = ["make_app", "make_server"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -51,3 +52,14 @@ def make_app(service: Service) -> tornado.web.Application:
         service.socketio = SocketIOBridge(service)
         routes.append((PATH, service.socketio.handler()))
     return tornado.web.Application(routes, **tornado_settings(service))
+
+
+def make_server(app: tornado.web.Application, service: Service) -> UpgradeServer:
+    """Tornado's HTTP server for app, with the short way in for WebSocket upgrades
+    (:mod:`miaws.upgrade`)."""
+    return UpgradeServer(
+        app,
+        ws_path=service.settings.server.ws_path,
+        ws_handler=WebSocketEndpoint,
+        ws_kwargs={"service": service},
+    )

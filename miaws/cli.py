@@ -39,7 +39,7 @@ def setup_logging(settings: Settings) -> None:
 async def serve(
     settings: Settings, path: Path | None = None, port_override: int | None = None
 ) -> None:
-    from miaws.app import make_app
+    from miaws.app import make_app, make_server
     from miaws.reload import reload_config
     from miaws.service import Service
 
@@ -47,7 +47,8 @@ async def serve(
     await service.hub.start()
     service.config_path, service.port_override = path, port_override
     app = make_app(service)
-    server = app.listen(settings.server.port, address=settings.server.host, backlog=1024)
+    server = make_server(app, service)
+    server.listen(settings.server.port, address=settings.server.host, backlog=1024)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,7 +19,7 @@ from helpers import ServerProcess
 from rawws import RawWS
 from redis_server import RedisServer
 
-from miaws.app import make_app
+from miaws.app import make_app, make_server
 from miaws.check import Peer
 from miaws.config import Settings, build_settings
 from miaws.service import Service
@@ -53,6 +53,21 @@ def app(service: Service, io_loop: Any) -> Iterator[tornado.web.Application]:
     yield make_app(service)
     if service.socketio is not None:  # stop Engine.IO's background task before the loop closes
         io_loop.run_sync(service.socketio.shutdown, timeout=5)
+
+
+@pytest.fixture
+def http_server(
+    app: tornado.web.Application,
+    service: Service,
+    io_loop: Any,
+    http_server_port: tuple[socket.socket, int],
+) -> Iterator[Any]:
+    """pytest-tornasync's fixture, with the server ``miaws serve`` uses."""
+    server = make_server(app, service)
+    server.add_socket(http_server_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=5)
 
 
 @pytest.fixture

@@ -1,0 +1,207 @@
+"""A short way in for WebSocket upgrades: Tornado's HTTP server with less per connection.
+
+Every connection to Tornado's ``HTTPServer`` gets an ``HTTP1ServerConnection``, an
+``HTTP1Connection``, a request loop task, a header timeout through ``gen.with_timeout``, the
+routing delegates and then the handler.  For a WebSocket that work is spent once per
+connection and is most of what a connect costs.  :class:`UpgradeServer` reads the request
+head itself; when it is a plain WebSocket upgrade of ``server.ws_path`` (``GET`` over HTTP/1.1,
+``Upgrade: websocket``, no body) it builds Tornado's own ``HTTPServerRequest`` and runs the
+``WebSocketEndpoint`` handler on it directly, through :class:`UpgradeConnection`, a minimal
+``HTTPConnection`` that writes the handler's one response (101, or a refusal such as 401,
+403 or 400 followed by closing).  The handler, its checks and the WebSocket protocol are
+Tornado's, unchanged.  Anything else (every other path and method, a malformed request, a
+request with a body) is given back to Tornado untouched: the bytes read are put back in
+front of the stream's buffer and Tornado's ``HTTPServer`` handles the connection as always.
+
+Start-line and header parsing, the header size limit (``max_header_size``) and the header
+timeout (``idle_connection_timeout``) are Tornado's own.  The 101 response is queued rather
+than written, so that it leaves in one ``send`` with the welcome frame written right after
+it (or on the next turn of the event loop if nothing follows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tornado.web
+from tornado import gen, httputil
+from tornado.concurrent import Future
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream, StreamClosedError
+
+__all__ = ["UpgradeServer", "UpgradeConnection"]
+
+_CR_OR_LF = ("\r", "\n")
+
+
+class _Context:
+    """What ``HTTPServerRequest`` reads from its connection's context."""
+
+    __slots__ = ("remote_ip", "protocol", "address")
+
+    def __init__(self, address: Any) -> None:
+        self.address = address
+        self.remote_ip = address[0] if isinstance(address, tuple) else "0.0.0.0"
+        self.protocol = "http"
+
+
+class UpgradeConnection(httputil.HTTPConnection):
+    """The ``HTTPConnection`` of one upgrade request: one response, then detach or close."""
+
+    def __init__(self, stream: IOStream, address: Any) -> None:
+        self.stream: IOStream | None = stream
+        self.context = _Context(address)
+        self._status = 0
+
+    def set_close_callback(self, callback: Any) -> None:
+        # The handler runs from the request head to detach() in one turn of the event loop
+        # (its prepare and get do not wait), so the stream cannot close meanwhile; a closed
+        # stream is seen by the WebSocket reader afterwards.
+        pass
+
+    def write_headers(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+        chunk: bytes | None = None,
+    ) -> Future[None]:
+        assert isinstance(start_line, httputil.ResponseStartLine) and self.stream is not None
+        self._status = start_line.code
+        if start_line.code != 101:
+            headers["Connection"] = "close"  # a refused upgrade ends the connection
+        lines = [f"HTTP/1.1 {start_line.code} {start_line.reason}"]
+        lines.extend(f"{name}: {value}" for name, value in headers.get_all())
+        for line in lines:
+            if any(c in line for c in _CR_OR_LF):
+                raise ValueError(f"Illegal characters (CR or LF) in header: {line!r}")
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin1")
+        if chunk:
+            data += chunk
+        if start_line.code == 101 and not self.stream.closed():
+            return _queue(self.stream, data)
+        return self.write(data)
+
+    def write(self, chunk: bytes) -> Future[None]:
+        assert self.stream is not None
+        if self.stream.closed():
+            future: Future[None] = Future()
+            future.set_exception(StreamClosedError())
+            future.exception()  # retrieved: nobody need wait for it
+            return future
+        return self.stream.write(chunk)
+
+    def finish(self) -> None:
+        stream = self.stream
+        if self._status != 101 and stream is not None:
+            self.stream = None
+            if stream.closed():
+                return
+            stream.write(b"").add_done_callback(lambda _: stream.close())
+
+    def detach(self) -> IOStream:
+        stream, self.stream = self.stream, None
+        assert stream is not None
+        return stream
+
+
+def _queue(stream: IOStream, data: bytes) -> Future[None]:
+    """Put data in the stream's write buffer without sending it yet.
+
+    The next write on the stream (the welcome frame, a close frame) sends both in one
+    ``send``; if none comes in this turn of the event loop, an empty write sends it."""
+    stream._write_buffer.append(data)
+    stream._total_write_index += len(data)
+    IOLoop.current().add_callback(_flush, stream)
+    done: Future[None] = Future()
+    done.set_result(None)
+    return done
+
+
+def _flush(stream: IOStream) -> None:
+    if stream._write_buffer and not stream.closed():
+        stream.write(b"")
+
+
+def _raise(done: Future[None]) -> None:
+    done.result()  # an error escaping the handler is logged by the event loop, as in Tornado
+
+
+class UpgradeServer(HTTPServer):
+    """Tornado's ``HTTPServer``, running WebSocket upgrades of one path straight into their
+    handler (see the module docstring)."""
+
+    def initialize(  # type: ignore[override]
+        self,
+        request_callback: tornado.web.Application,
+        *,
+        ws_path: str,
+        ws_handler: type[tornado.web.RequestHandler],
+        ws_kwargs: dict[str, Any],
+        **kwargs: Any,
+    ) -> None:
+        super().initialize(request_callback, **kwargs)
+        self.application = request_callback
+        self.ws_path = ws_path
+        self.ws_handler = ws_handler
+        self.ws_kwargs = ws_kwargs
+
+    def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
+        params = self.conn_params
+        head = stream.read_until_regex(b"\r?\n\r?\n", max_bytes=params.max_header_size)
+        timeout = params.header_timeout
+        timer = None
+        if timeout is not None:
+            timer = IOLoop.current().call_later(timeout, stream.close)
+        head.add_done_callback(lambda read: self._on_head(stream, address, read, timer))  # type: ignore[attr-defined]
+
+    def _on_head(
+        self, stream: IOStream, address: tuple[Any, ...], read: Future[bytes], timer: Any
+    ) -> None:
+        if timer is not None:
+            IOLoop.current().remove_timeout(timer)
+        try:
+            data = read.result()
+        except Exception:  # closed, timed out or over max_header_size: as Tornado does
+            stream.close()
+            return
+        request = self._upgrade_request(stream, address, data)
+        if request is None:
+            # Not ours: give the bytes back and let Tornado handle the connection.
+            stream._read_buffer[0:0] = data
+            stream._read_buffer_size += len(data)
+            super().handle_stream(stream, address)
+            return
+        # What Tornado's _HandlerDelegate.execute does once routing has found the handler.
+        handler = self.ws_handler(self.application, request, **self.ws_kwargs)
+        transforms = [t(request) for t in self.application.transforms]
+        gen.convert_yielded(handler._execute(transforms)).add_done_callback(_raise)
+
+    def _upgrade_request(
+        self, stream: IOStream, address: tuple[Any, ...], data: bytes
+    ) -> httputil.HTTPServerRequest | None:
+        """Tornado's request for a plain WebSocket upgrade of ws_path, else None."""
+        text = data.decode("latin1").lstrip("\r\n")
+        eol = text.find("\n")
+        try:
+            start_line = httputil.parse_request_start_line(text[:eol].rstrip("\r"))
+            if (
+                start_line.method != "GET"
+                or start_line.version != "HTTP/1.1"
+                or start_line.path.partition("?")[0] != self.ws_path
+            ):
+                return None
+            headers = httputil.HTTPHeaders.parse(text[eol:])
+            if (
+                headers.get("Upgrade", "").lower() != "websocket"
+                or "Content-Length" in headers
+                or "Transfer-Encoding" in headers
+            ):
+                return None
+            return httputil.HTTPServerRequest(
+                connection=UpgradeConnection(stream, address),
+                start_line=start_line,
+                headers=headers,
+            )
+        except httputil.HTTPInputError:
+            return None  # Tornado answers malformed requests its own way

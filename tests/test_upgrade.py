@@ -1,0 +1,141 @@
+"""The short way in for WebSocket upgrades (miaws.upgrade), seen from raw sockets: upgrades
+of the WebSocket path however the head arrives, refusals answered and closed, everything
+else served by Tornado as before (keep-alive, pipelining), and Tornado's header limits."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import tornado.netutil
+import tornado.web
+
+from miaws.service import Service
+from miaws.upgrade import UpgradeServer
+from miaws.ws import WebSocketEndpoint
+
+
+def upgrade_head(port: int, path: str = "/ws", key: bool = True) -> bytes:
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Version: 13",
+    ]
+    if key:
+        lines.append(f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """(status line and headers, body by Content-Length) of one HTTP response."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    body = await asyncio.wait_for(reader.readexactly(length), 5)
+    return head, body
+
+
+async def read_welcome(reader: asyncio.StreamReader) -> dict[str, Any]:
+    header = await asyncio.wait_for(reader.readexactly(2), 5)
+    length = header[1] & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    payload = await asyncio.wait_for(reader.readexactly(length), 5)
+    message: dict[str, Any] = json.loads(payload)
+    return message
+
+
+async def test_upgrade_head_in_pieces(port: int, service: Service) -> None:
+    """A head that arrives a few bytes at a time still upgrades: 101, then the welcome."""
+    reader, writer = await connect(port)
+    head = upgrade_head(port)
+    for i in range(0, len(head), 7):
+        writer.write(head[i : i + 7])
+        await writer.drain()
+        await asyncio.sleep(0.001)
+    status, _ = await read_response(reader)
+    assert status.startswith(b"HTTP/1.1 101 ")
+    assert (await read_welcome(reader))["type"] == "welcome"
+    assert service.connected_count() == 1
+    writer.close()
+
+
+async def test_refused_upgrade_is_answered_and_closed(port: int, service: Service) -> None:
+    """Tornado's own refusal (no Sec-WebSocket-Key: 400) is sent, then the connection ends."""
+    reader, writer = await connect(port)
+    writer.write(upgrade_head(port, key=False))
+    status, body = await read_response(reader)
+    assert status.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in status
+    assert b"WebSocket" in body
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert service.connected_count() == 0
+    writer.close()
+
+
+async def test_other_requests_keep_alive_and_pipelining(port: int) -> None:
+    """Requests that are not upgrades go to Tornado: several on one connection, two in
+    one write, and an upgrade of another path, all answered in order."""
+    reader, writer = await connect(port)
+    get = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    writer.write(get)
+    first, body = await read_response(reader)
+    assert first.startswith(b"HTTP/1.1 200 ") and json.loads(body)["status"] == "ok"
+    rooms = f"GET /api/rooms HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    writer.write(get + rooms)
+    second, _ = await read_response(reader)
+    third, body = await read_response(reader)
+    assert second.startswith(b"HTTP/1.1 200 ") and third.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(body) == {}
+    writer.write(upgrade_head(port, path="/nowhere"))
+    status, _ = await read_response(reader)
+    assert status.startswith(b"HTTP/1.1 404 ")
+    writer.close()
+
+
+@pytest.fixture
+def strict_port(service: Service, io_loop: Any) -> Iterator[int]:
+    """An UpgradeServer with a 0.3 s header timeout and a 1 KiB header limit."""
+    app = tornado.web.Application([("/ws", WebSocketEndpoint, {"service": service})])
+    server = UpgradeServer(
+        app,
+        ws_path="/ws",
+        ws_handler=WebSocketEndpoint,
+        ws_kwargs={"service": service},
+        idle_connection_timeout=0.3,
+        max_header_size=1024,
+    )
+    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server.add_socket(sock)
+    yield sock.getsockname()[1]
+    server.stop()
+
+
+async def test_header_timeout_and_size_limit(strict_port: int) -> None:
+    """Tornado's limits hold on the short way in: a client that sends no head is closed
+    after idle_connection_timeout, one whose head exceeds max_header_size at once."""
+    reader, writer = await connect(strict_port)
+    writer.write(b"GET /ws HTTP/1.1\r\n")  # and nothing more
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    reader, writer = await connect(strict_port)
+    writer.write(b"GET /ws HTTP/1.1\r\nX-Pad: " + b"x" * 2048 + b"\r\n\r\n")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    reader, writer = await connect(strict_port)
+    writer.write(upgrade_head(strict_port))
+    status, _ = await read_response(reader)
+    assert status.startswith(b"HTTP/1.1 101 ")
+    writer.close()
