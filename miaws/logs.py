@@ -11,17 +11,32 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 from miaws.config import Settings
 
-__all__ = ["JSONFormatter", "configure_logging", "TEXT_FORMAT"]
+__all__ = ["JSONFormatter", "TextFormatter", "configure_logging", "TEXT_FORMAT"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, formatting the date and time of day once a second, not per line."""
+
+    _second = -1
+    _stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            local = self.converter(second)
+            self._second, self._stamp = second, time.strftime(self.default_time_format, local)
+        return f"{self._stamp},{int(record.msecs):03d}"
 
 
 class JSONFormatter(logging.Formatter):
@@ -61,7 +76,7 @@ def configure_logging(settings: Settings) -> None:
         handler = _MiawsHandler(sys.stderr)
         root.addHandler(handler)
     formatter: logging.Formatter = (
-        JSONFormatter() if settings.logging.format == "json" else logging.Formatter(TEXT_FORMAT)
+        JSONFormatter() if settings.logging.format == "json" else TextFormatter(TEXT_FORMAT)
     )
     handler.setFormatter(formatter)
     root.setLevel(level)

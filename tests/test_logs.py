@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from miaws.check import Peer
-from miaws.logs import JSONFormatter
+from miaws.logs import TEXT_FORMAT, JSONFormatter, TextFormatter
 
 
 async def test_json_log_lines_from_a_server(server_process: Any) -> None:
@@ -46,3 +46,14 @@ def test_json_formatter_keeps_the_traceback() -> None:
     assert "\n" not in line
     entry = json.loads(line)
     assert entry["message"] == "failed" and "ValueError: bad" in entry["exception"]
+
+
+def test_text_lines_are_logging_default_lines() -> None:
+    """The text format caches the time of day per second; its lines stay exactly what
+    logging's own formatter writes, across second and day boundaries."""
+    ours, default = TextFormatter(TEXT_FORMAT), logging.Formatter(TEXT_FORMAT)
+    times = (1_000_000.0, 1_000_000.25, 1_000_000.999, 1_000_001.0, 1_086_399.5, 1_086_400.0)
+    for created in times:
+        record = logging.makeLogRecord({"name": "miaws", "msg": "x %d", "args": (1,)})
+        record.created, record.msecs = created, (created % 1) * 1000
+        assert ours.format(record) == default.format(record)
