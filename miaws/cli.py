@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +29,16 @@ def default_url() -> str:
 
 def default_http_url() -> str:
     return f"http://127.0.0.1:{os.environ.get('PORT') or 3001}"
+
+
+def ws_url(url: str) -> str:
+    """The WebSocket URL of what a user may type: ``ws(s)://...``, the server's
+    ``http(s)://`` address or ``host:port``; without a path, ``/ws``."""
+    parts = urllib.parse.urlsplit(url if "://" in url else f"ws://{url}")
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{url!r} is not a ws:// or http:// server URL")
+    return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path or "/ws", parts.query, ""))
 
 
 def setup_logging(settings: Settings) -> None:
@@ -181,11 +192,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="override server.port (and $PORT)")
     s.set_defaults(func=cmd_serve)
     h = sub.add_parser("health", help="connect, expect welcome, ping, expect pong")
-    h.add_argument("url", nargs="?", default=default_url())
+    h.add_argument("url", nargs="?", type=ws_url, default=default_url())
     h.add_argument("--timeout", type=float, default=5.0)
     h.set_defaults(func=cmd_health)
     c = sub.add_parser("check", help="run every wire-contract scenario against a server")
-    c.add_argument("url", nargs="?", default=default_url())
+    c.add_argument("url", nargs="?", type=ws_url, default=default_url())
     c.add_argument("--timeout", type=float, default=5.0)
     c.add_argument(
         "--max-message-bytes", type=int, default=65536, help="the server's limits.max_message_bytes"
@@ -198,13 +209,13 @@ def parser() -> argparse.ArgumentParser:
         r.add_argument("--timeout", type=float, default=5.0)
         r.set_defaults(func=cmd_registry)
     li = sub.add_parser("listen", help="join rooms and print messages as they come (JSON lines)")
-    li.add_argument("url", nargs="?", default=default_url())
+    li.add_argument("url", nargs="?", type=ws_url, default=default_url())
     li.add_argument("--room", action="append", default=[], help="room to join (repeatable)")
     li.add_argument("--count", type=int, help="stop after this many messages")
     li.add_argument("--timeout", type=float, help="stop after this many seconds")
     li.set_defaults(func=cmd_listen)
     se = sub.add_parser("send", help="send one JSON message and print the reply")
-    se.add_argument("url", nargs="?", default=default_url())
+    se.add_argument("url", nargs="?", type=ws_url, default=default_url())
     se.add_argument("message", help='the message, e.g. \'{"type":"ping"}\'')
     se.add_argument("--join", action="append", default=[], help="room to join first")
     se.add_argument("--timeout", type=float, default=5.0)

@@ -32,6 +32,19 @@ def test_health_ok_and_failing(server_process: Any) -> None:
     assert len(ok.stdout.strip().splitlines()) == len(bad.stdout.strip().splitlines()) == 1
 
 
+def test_health_takes_the_servers_http_address(server_process: Any) -> None:
+    """The address an operator has at hand (http://host:port, or host:port) works too;
+    what is not a server URL is refused in one line."""
+    server = server_process()
+    http = server.url.replace("ws://", "http://").removesuffix("/ws")
+    for url in (http, http.removeprefix("http://")):
+        ok = miaws("health", url)
+        assert ok.returncode == 0 and ok.stdout.startswith("OK "), ok.stderr
+    wrong = miaws("health", "ftp://127.0.0.1:1")
+    assert wrong.returncode == 2 and "is not a ws:// or http:// server URL" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
+
 def test_check_passes_every_scenario(server_process: Any) -> None:
     """miaws check prints a pass/fail table and exits 0 when every scenario passes."""
     server = server_process()
