@@ -85,7 +85,9 @@ class Service:
             client.transport,
             client.remote_ip,
         )
-        self.hooks.client_connected(client=client)
+        hook = self.hooks.client_connected
+        if hook.get_hookimpls():  # none listening: skip pluggy's call (~2 µs a connection)
+            hook(client=client)
 
     def disconnect(self, client: Client, code: int, reason: str = "") -> None:
         """Remove client from the hub, log one line, tell the plugins."""
@@ -116,7 +118,9 @@ class Service:
                 "rooms": rooms,
             },
         )
-        self.hooks.client_disconnected(client=client, code=code, reason=reason)
+        hook = self.hooks.client_disconnected
+        if hook.get_hookimpls():
+            hook(client=client, code=code, reason=reason)
 
     def at_capacity(self) -> bool:
         """True when ``limits.max_connections`` is reached: refuse the next client (1013)."""

@@ -21,10 +21,11 @@ it (or on the next turn of the event loop if nothing follows).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import tornado.web
-from tornado import gen, httputil
+from tornado import httputil
 from tornado.concurrent import Future
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
@@ -175,7 +176,7 @@ class UpgradeServer(HTTPServer):
         # What Tornado's _HandlerDelegate.execute does once routing has found the handler.
         handler = self.ws_handler(self.application, request, **self.ws_kwargs)
         transforms = [t(request) for t in self.application.transforms]
-        gen.convert_yielded(handler._execute(transforms)).add_done_callback(_raise)
+        asyncio.ensure_future(handler._execute(transforms)).add_done_callback(_raise)
 
     def _upgrade_request(
         self, stream: IOStream, address: tuple[Any, ...], data: bytes

@@ -20,12 +20,15 @@ frames, fragmentation, the size limit (1009), UTF-8 checks, closing - stays Torn
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import inspect
 import logging
 import re
+import time
 from collections.abc import Awaitable
 from typing import Any, NamedTuple, cast
 
+import tornado
 import tornado.httputil
 import tornado.websocket
 from tornado.ioloop import IOLoop
@@ -378,6 +381,19 @@ class MiawsProtocol(WebSocketProtocol13):
         return CloseCode.ABNORMAL_CLOSURE, "connection lost"
 
 
+_SERVER = f"TornadoServer/{tornado.version}"
+_date: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The HTTP ``Date`` of now, as Tornado writes it, formatted once a second."""
+    global _date
+    second = int(time.time())
+    if _date[0] != second:
+        _date = (second, email.utils.formatdate(second, usegmt=True))
+    return _date[1]
+
+
 class _Paused(NamedTuple):
     """Frame handling waits for an async handler; it goes on at ``pos`` when it is done."""
 
@@ -482,6 +498,20 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         if "token=" in uri:
             uri = re.sub(r"(?<=[?&]token=)[^&]*", "***", uri)
         return f"{self.request.method} {uri} ({self.request.remote_ip})"
+
+    def clear(self) -> None:
+        """Tornado's ``RequestHandler.clear``, with the ``Date`` header formatted once a
+        second: the same headers without ~10 µs of date formatting and
+        ``MutableMapping.update`` per connection."""
+        headers = tornado.httputil.HTTPHeaders()
+        headers["Server"] = _SERVER
+        headers["Content-Type"] = "text/html; charset=UTF-8"
+        headers["Date"] = _http_date()
+        self._headers = headers
+        self.set_default_headers()
+        self._write_buffer = []
+        self._status_code = 200
+        self._reason = "OK"
 
     def get_websocket_protocol(self) -> WebSocketProtocol | None:
         protocol = super().get_websocket_protocol()

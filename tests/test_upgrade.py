@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,6 +82,10 @@ async def test_refused_upgrade_is_answered_and_closed(port: int, service: Servic
     status, body = await read_response(reader)
     assert status.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in status
     assert b"WebSocket" in body
+    headers = dict(line.split(": ", 1) for line in status.decode().split("\r\n")[1:] if line)
+    assert headers["Server"].startswith("TornadoServer/")
+    date = email.utils.parsedate_to_datetime(headers["Date"])  # an HTTP-date, and now
+    assert abs(date.timestamp() - time.time()) < 5
     assert await asyncio.wait_for(reader.read(), 5) == b""
     assert service.connected_count() == 0
     writer.close()
