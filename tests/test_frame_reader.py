@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
+import socket
 import struct
 from pathlib import Path
 from typing import Any
@@ -237,3 +239,37 @@ async def test_frames_after_an_async_handler_wait_for_it(raw: Any) -> None:
     )
     replies = [await client.json() for _ in range(3)]
     assert [r["type"] for r in replies] == ["echo", "slow-done", "pong"]
+
+
+@pytest.mark.config({"limits": {"max_queued_bytes": 64 * 1024 * 1024}})
+async def test_a_busy_connection_does_not_hold_up_the_others(
+    raw: Any, http_server_port: tuple[socket.socket, int]
+) -> None:
+    """Fair turns: a connection whose requests are all waiting is handled one read (64 KiB)
+    at a time, and the other connections get their turns in between, instead of after its
+    whole backlog (a reader that drains whatever is buffered before yielding fails here)."""
+    listener = http_server_port[0]  # connections accepted from now on inherit its buffer size
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    busy, other, observer = await raw(), await raw(), await raw()
+    frames = [text({"type": "broadcast", "message": i}) for i in range(20_000)]
+    data = b"".join(frames)
+    # The server runs on this event loop: without yielding to it, hand the kernel the busy
+    # client's whole backlog, then the other client's one request.  When the server runs
+    # next, everything is waiting to be read.
+    # (As much of it as the kernel takes: net.core.rmem_max caps the buffer.)
+    busy_fd = busy.writer.get_extra_info("socket").fileno()
+    sent = 0
+    try:
+        while sent < len(data):
+            sent += os.write(busy_fd, data[sent : sent + 65536])
+    except BlockingIOError:
+        pass
+    waiting = sum(1 for end in itertools.accumulate(map(len, frames)) if end <= sent)
+    assert sent >= 4 * 65536, "the kernel took too little of the backlog to tell"
+    os.write(
+        other.writer.get_extra_info("socket").fileno(),
+        text({"type": "broadcast", "message": "other"}),
+    )
+    await busy.send(data[sent:])
+    seen = [(await observer.json())["message"] for _ in range(len(frames) + 1)]
+    assert seen.index("other") < waiting // 2
