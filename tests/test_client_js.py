@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from conftest import Connect
 from helpers import chromium, eventually
-from test_recovery import joined_publisher, publish
+from test_recovery import PacedPublisher, joined_publisher, publish
 
 from miaws.service import Service
 from miaws.ws import NativeClient
@@ -64,19 +64,10 @@ async def test_browser_client_gets_1000_exactly_once_across_cuts(
 ) -> None:
     """1000 room messages while the server drops the page's connection five times: the
     page ends with every message once, in order."""
-    pub = await joined_publisher(ws_connect, "feed")
+    publisher = PacedPublisher(await joined_publisher(ws_connect, "feed"), "feed", 1000)
     async with chromium() as browser:
         page = await open_page(browser, port, ws_url, backoff=20)
-        sent = 0
         cuts_at: list[int] = []
-
-        async def publisher() -> None:
-            nonlocal sent
-            for i in range(1000):
-                await pub.send({"type": "broadcast", "room": "feed", "message": i})
-                sent = i + 1
-                if i % 10 == 9:
-                    await asyncio.sleep(0.01)
 
         async def cutter() -> None:
             seen: set[str] = set()
@@ -92,9 +83,9 @@ async def test_browser_client_gets_1000_exactly_once_across_cuts(
                 listed = {c.client_id for c in service.hub.clients()}
                 assert client_id in listed  # the page saw its welcome, so the server lists it
                 cut(service, client_id)
-                cuts_at.append(sent)
+                cuts_at.append(publisher.sent)
 
-        await asyncio.wait_for(asyncio.gather(publisher(), cutter()), 30)
+        await asyncio.wait_for(asyncio.gather(publisher.run(), cutter()), 30)
         await page.wait_for_function("window.got.length >= 1000", timeout=20000)
         await asyncio.sleep(0.2)  # any duplicate would arrive now
         got = await page.evaluate("window.got")

@@ -24,6 +24,22 @@ async def publish(peer: Peer, room: str, values: range) -> None:
     await peer.send({"type": "ping", "id": "flush"})
 
 
+class PacedPublisher:
+    """Broadcasts 0 .. count-1 to room, pausing 10 ms after every 10, and counts what it has
+    sent, so that a test can place connection cuts in the middle of publishing."""
+
+    def __init__(self, peer: Peer, room: str, count: int) -> None:
+        self.peer, self.room, self.count = peer, room, count
+        self.sent = 0
+
+    async def run(self) -> None:
+        for i in range(self.count):
+            await self.peer.send({"type": "broadcast", "room": self.room, "message": i})
+            self.sent = i + 1
+            if i % 10 == 9:
+                await asyncio.sleep(0.01)
+
+
 async def joined_publisher(ws_connect: Connect, room: str) -> Peer:
     """A publisher in room that does not read its own broadcasts back."""
     peer = await ws_connect()
@@ -115,19 +131,10 @@ async def test_python_client_gets_1000_exactly_once_in_order_across_cuts(
     """1000 sequenced room messages while the subscriber's TCP connection is aborted five
     times: the client ends with every message once, in order, and the cuts really fell
     in the middle of publishing."""
-    pub = await joined_publisher(ws_connect, "feed")
-    sent = 0
+    publisher = PacedPublisher(await joined_publisher(ws_connect, "feed"), "feed", 1000)
     cuts_at: list[int] = []
     async with MiawsClient(ws_url, backoff_initial=0.02, backoff_max=0.2) as sub:
         await sub.join("feed")
-
-        async def publisher() -> None:
-            nonlocal sent
-            for i in range(1000):
-                await pub.send({"type": "broadcast", "room": "feed", "message": i})
-                sent = i + 1
-                if i % 10 == 9:
-                    await asyncio.sleep(0.01)
 
         async def cutter() -> None:
             for _ in range(5):
@@ -135,7 +142,7 @@ async def test_python_client_gets_1000_exactly_once_in_order_across_cuts(
                 await eventually(lambda: sub.connection is not None)
                 assert sub.connection is not None
                 sub.connection.transport.abort()  # RST: no close frame, no goodbye
-                cuts_at.append(sent)
+                cuts_at.append(publisher.sent)
 
         got: list[Any] = []
 
@@ -145,7 +152,7 @@ async def test_python_client_gets_1000_exactly_once_in_order_across_cuts(
                 if message["message"] == 999:
                     return
 
-        await asyncio.wait_for(asyncio.gather(publisher(), cutter(), collect()), 30)
+        await asyncio.wait_for(asyncio.gather(publisher.run(), cutter(), collect()), 30)
     assert got == list(range(1000))
     assert len(cuts_at) == 5 and all(0 < n < 1000 for n in cuts_at), cuts_at
     assert sub.connects == 6

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from helpers import ServerProcess, eventually
 from redis_server import RedisServer
+from test_recovery import PacedPublisher
 from test_scaling import Start
 
 from miaws.check import Peer, expect_type
@@ -141,20 +142,11 @@ async def test_python_client_moving_between_nodes_gets_all_exactly_once_in_order
     cut five times, reconnecting alternately to node B and node A: every message once,
     in order, with no duplicate from the servers."""
     a, b = start_nodes(server_process, redis_server)
-    pub = await open_peer(peers, a, "feed")
     total = 600
-    sent = 0
+    publisher = PacedPublisher(await open_peer(peers, a, "feed"), "feed", total)
     cuts_at: list[int] = []
     async with MiawsClient(a.url, backoff_initial=0.02, backoff_max=0.2) as sub:
         await sub.join("feed")
-
-        async def publisher() -> None:
-            nonlocal sent
-            for i in range(total):
-                await pub.send({"type": "broadcast", "room": "feed", "message": i})
-                sent = i + 1
-                if i % 10 == 9:
-                    await asyncio.sleep(0.01)
 
         async def cutter() -> None:
             for n in range(5):
@@ -163,7 +155,7 @@ async def test_python_client_moving_between_nodes_gets_all_exactly_once_in_order
                 assert sub.connection is not None
                 sub.url = (b if n % 2 == 0 else a).url  # the next connection goes there
                 sub.connection.transport.abort()
-                cuts_at.append(sent)
+                cuts_at.append(publisher.sent)
 
         got: list[Any] = []
 
@@ -173,7 +165,7 @@ async def test_python_client_moving_between_nodes_gets_all_exactly_once_in_order
                 if message["message"] == total - 1:
                     return
 
-        await asyncio.wait_for(asyncio.gather(publisher(), cutter(), collect()), 30)
+        await asyncio.wait_for(asyncio.gather(publisher.run(), cutter(), collect()), 30)
     assert got == list(range(total))
     assert sub.duplicates == 0
     assert len(cuts_at) == 5 and all(0 < n < total for n in cuts_at), cuts_at
