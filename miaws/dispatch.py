@@ -199,6 +199,7 @@ class Dispatcher:
     ) -> None:
         self.hub = hub
         self.clock = clock or Clock()
+        self.stats: Stats | None = None  # counters behind /metrics (the Service sets them)
         self.registry = registry
         self.limits = limits or LimitsSettings()
 
@@ -212,7 +213,6 @@ class Dispatcher:
         self._limits = limits
         self.limiter = RateLimiter.from_settings(limits)
         self._room_limits = (limits.max_rooms_per_client, limits.max_room_members)
-        self.stats: Stats | None = None  # counters behind /metrics (the Service sets them)
 
     @property
     def registry(self) -> Registry:

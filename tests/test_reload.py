@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import Connect
+from test_metrics import scrape
 
 from miaws.check import Peer, expect_error, expect_type
 from miaws.service import Service
@@ -62,6 +63,19 @@ async def test_reload_switches_a_plugin_off_without_dropping_connections(
     write_config(config_file, plugins={"enabled": ALL})
     assert (await reload(http_server_client))[1]["applied"] == ["plugins.enabled"]
     expect_type(await peers[1].request({"type": "echo", "message": 2}), "echo", original=2)
+
+
+async def test_metrics_keep_counting_after_a_reload(
+    http_server_client: Any, ws_connect: Connect, config_file: Path
+) -> None:
+    """Handled messages and errors are still counted in /metrics after a reload."""
+    peer = await ws_connect()
+    assert (await reload(http_server_client))[0] == 200
+    expect_type(await peer.request({"type": "ping"}), "pong")
+    expect_error(await peer.request({"type": "nope"}), "unknown-type")
+    m = await scrape(http_server_client)
+    assert m["miaws_messages_in_total", (("type", "ping"),)] == 1
+    assert m["miaws_errors_total", (("code", "unknown-type"),)] == 1
 
 
 @pytest.mark.parametrize(
