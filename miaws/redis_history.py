@@ -41,13 +41,19 @@ __all__ = ["RedisHistory"]
 CATCH_UP_WAIT = 1.0  # seconds a join waits for the subscriber to reach the position read
 SEEN_MAX = 10_000  # rooms whose last received seq is remembered
 
-APPEND = """
+# Both scripts start here: the room's epoch, or a new one (ARGV[1]) with its counter and
+# stream emptied when the old epoch has expired.
+EPOCH = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2], KEYS[3])
 end
-local seq = redis.call('INCR', KEYS[2])
+"""
+
+APPEND = (
+    EPOCH
+    + """local seq = redis.call('INCR', KEYS[2])
 local now = redis.call('TIME')
 local ms = tostring(now[1]) .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
 local text = string.sub(ARGV[2], 1, -2) .. ',"epoch":"' .. epoch .. '","seq":' .. seq .. '}'
@@ -58,14 +64,11 @@ redis.call('PEXPIRE', KEYS[3], ARGV[4])
 redis.call('PUBLISH', KEYS[4], ARGV[5] .. epoch .. '\\n' .. seq .. '\\n' .. text)
 return seq
 """
+)
 
-READ = """
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2], KEYS[3])
-end
-redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
+READ = (
+    EPOCH
+    + """redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -77,6 +80,7 @@ end
 local now = redis.call('TIME')
 return {epoch, seq, entries, now[1], now[2]}
 """
+)
 
 
 class RedisHistory:
