@@ -27,32 +27,20 @@ from typing import Any
 import tornado.web
 from tornado import httputil
 from tornado.concurrent import Future
-from tornado.httpserver import HTTPServer
+from tornado.http1connection import CR_OR_LF_RE
+from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 
 __all__ = ["UpgradeServer", "UpgradeConnection"]
 
-_CR_OR_LF = ("\r", "\n")
-
-
-class _Context:
-    """What ``HTTPServerRequest`` reads from its connection's context."""
-
-    __slots__ = ("remote_ip", "protocol", "address")
-
-    def __init__(self, address: Any) -> None:
-        self.address = address
-        self.remote_ip = address[0] if isinstance(address, tuple) else "0.0.0.0"
-        self.protocol = "http"
-
 
 class UpgradeConnection(httputil.HTTPConnection):
     """The ``HTTPConnection`` of one upgrade request: one response, then detach or close."""
 
-    def __init__(self, stream: IOStream, address: Any) -> None:
+    def __init__(self, stream: IOStream, context: _HTTPRequestContext) -> None:
         self.stream: IOStream | None = stream
-        self.context = _Context(address)
+        self.context = context  # remote_ip and protocol, worked out as Tornado does
         self._status = 0
 
     def set_close_callback(self, callback: Any) -> None:
@@ -71,12 +59,12 @@ class UpgradeConnection(httputil.HTTPConnection):
         self._status = start_line.code
         if start_line.code != 101:
             headers["Connection"] = "close"  # a refused upgrade ends the connection
-        lines = [f"HTTP/1.1 {start_line.code} {start_line.reason}"]
-        lines.extend(f"{name}: {value}" for name, value in headers.get_all())
+        lines = [f"HTTP/1.1 {start_line.code} {start_line.reason}".encode("latin1")]
+        lines.extend(f"{name}: {value}".encode("latin1") for name, value in headers.get_all())
         for line in lines:
-            if any(c in line for c in _CR_OR_LF):
+            if CR_OR_LF_RE.search(line):  # Tornado's own header check
                 raise ValueError(f"Illegal characters (CR or LF) in header: {line!r}")
-        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin1")
+        data = b"\r\n".join(lines) + b"\r\n\r\n"
         if chunk:
             data += chunk
         if start_line.code == 101 and not self.stream.closed():
@@ -199,8 +187,9 @@ class UpgradeServer(HTTPServer):
                 or "Transfer-Encoding" in headers
             ):
                 return None
+            context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
             return httputil.HTTPServerRequest(
-                connection=UpgradeConnection(stream, address),
+                connection=UpgradeConnection(stream, context),
                 start_line=start_line,
                 headers=headers,
             )
