@@ -14,14 +14,14 @@ request with a body) is given back to Tornado untouched: the bytes read are put 
 front of the stream's buffer and Tornado's ``HTTPServer`` handles the connection as always.
 
 Start-line and header parsing, the header size limit (``max_header_size``) and the header
-timeout (``idle_connection_timeout``) are Tornado's own.  The 101 response is queued rather
-than written, so that it leaves in one ``send`` with the welcome frame written right after
-it (or on the next turn of the event loop if nothing follows).
+timeout (``idle_connection_timeout``) are Tornado's own.  The handler runs in the turn of the
+event loop that read the head, without a task unless it has to wait (:func:`_run`), and the
+frames it sends are corked: the 101 response leaves in one ``send`` with the welcome frame.
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import tornado.web
@@ -32,6 +32,8 @@ from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 
+from miaws.ws import MiawsProtocol, corking, run_corked
+
 __all__ = ["UpgradeServer", "UpgradeConnection"]
 
 
@@ -41,6 +43,7 @@ class UpgradeConnection(httputil.HTTPConnection):
     def __init__(self, stream: IOStream, context: _HTTPRequestContext) -> None:
         self.stream: IOStream | None = stream
         self.context = context  # remote_ip and protocol, worked out as Tornado does
+        self.handler: tornado.web.RequestHandler | None = None  # set once it exists
         self._status = 0
 
     def set_close_callback(self, callback: Any) -> None:
@@ -67,8 +70,12 @@ class UpgradeConnection(httputil.HTTPConnection):
         data = b"\r\n".join(lines) + b"\r\n\r\n"
         if chunk:
             data += chunk
-        if start_line.code == 101 and not self.stream.closed():
-            return _queue(self.stream, data)
+        protocol = getattr(self.handler, "ws_connection", None)
+        if start_line.code == 101 and isinstance(protocol, MiawsProtocol) and corking():
+            protocol.send_frame(data)  # corked: it leaves in one send with the welcome
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done
         return self.write(data)
 
     def write(self, chunk: bytes) -> Future[None]:
@@ -94,26 +101,27 @@ class UpgradeConnection(httputil.HTTPConnection):
         return stream
 
 
-def _queue(stream: IOStream, data: bytes) -> Future[None]:
-    """Put data in the stream's write buffer without sending it yet.
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run coro now, as far as it goes; if it has to wait, go on when what it waits for is done.
 
-    The next write on the stream (the welcome frame, a close frame) sends both in one
-    ``send``; if none comes in this turn of the event loop, an empty write sends it."""
-    stream._write_buffer.append(data)
-    stream._total_write_index += len(data)
-    IOLoop.current().add_callback(_flush, stream)
-    done: Future[None] = Future()
-    done.set_result(None)
-    return done
+    A WebSocket upgrade's ``_execute`` does not wait (prepare, the checks, the 101 and open
+    are synchronous), so a ``Task`` for it would only cost an extra turn of the event loop
+    per connection.  No cancellation: nothing cancels a request handler.  An exception
+    escaping coro goes to the event loop's exception handler, as a task's would be logged.
+    """
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return
+    if waiting is None:  # a bare yield: asyncio.sleep(0)
+        IOLoop.current().add_callback(_run, coro)
+    else:  # an asyncio future, as a Task would see it
+        waiting._asyncio_future_blocking = False
+        waiting.add_done_callback(_resume(coro))
 
 
-def _flush(stream: IOStream) -> None:
-    if stream._write_buffer and not stream.closed():
-        stream.write(b"")
-
-
-def _raise(done: Future[None]) -> None:
-    done.result()  # an error escaping the handler is logged by the event loop, as in Tornado
+def _resume(coro: Coroutine[Any, Any, None]) -> Callable[[Any], None]:
+    return lambda _done: _run(coro)
 
 
 class UpgradeServer(HTTPServer):
@@ -163,8 +171,9 @@ class UpgradeServer(HTTPServer):
             return
         # What Tornado's _HandlerDelegate.execute does once routing has found the handler.
         handler = self.ws_handler(self.application, request, **self.ws_kwargs)
+        request.connection.handler = handler  # type: ignore[union-attr]
         transforms = [t(request) for t in self.application.transforms]
-        asyncio.ensure_future(handler._execute(transforms)).add_done_callback(_raise)
+        run_corked(_run, handler._execute(transforms))
 
     def _upgrade_request(
         self, stream: IOStream, address: tuple[Any, ...], data: bytes

@@ -145,3 +145,34 @@ async def test_header_timeout_and_size_limit(strict_port: int) -> None:
     status, _ = await read_response(reader)
     assert status.startswith(b"HTTP/1.1 101 ")
     writer.close()
+
+
+class WaitingEndpoint(WebSocketEndpoint):
+    """A handler whose prepare waits twice: a bare yield, then a timer."""
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.02)
+        super().prepare()
+
+
+async def test_a_handler_that_waits_still_upgrades(service: Service, io_loop: Any) -> None:
+    """Handlers run without a task until they wait; one that waits goes on afterwards and
+    its 101 still comes before the welcome."""
+    app = tornado.web.Application([("/ws", WaitingEndpoint, {"service": service})])
+    server = UpgradeServer(
+        app, ws_path="/ws", ws_handler=WaitingEndpoint, ws_kwargs={"service": service}
+    )
+    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server.add_socket(sock)
+    port = sock.getsockname()[1]
+    try:
+        reader, writer = await connect(port)
+        writer.write(upgrade_head(port))
+        status, _ = await read_response(reader)
+        assert status.startswith(b"HTTP/1.1 101 ")
+        assert (await read_welcome(reader))["type"] == "welcome"
+        assert service.connected_count() == 1
+        writer.close()
+    finally:
+        server.stop()
