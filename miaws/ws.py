@@ -554,7 +554,11 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
             )
             self.close(CloseCode.TRY_AGAIN_LATER, "server full: try again later")
             return
-        self.set_nodelay(True)
+        if not getattr(self.request.connection, "nodelay", False):
+            # Not the short way in (miaws.upgrade), whose socket has TCP_NODELAY from its
+            # listening socket: Tornado's HTTP/1 connection turns Nagle back on after each
+            # request, and Nagle would hold the second of two small writes ~40 ms.
+            self.set_nodelay(True)
         if self.identity is None:  # auth.late_timeout: the first frame must be the token
             self._late_timer = IOLoop.current().call_later(
                 self.service.auth.late_timeout, self._refuse, "authentication timed out"

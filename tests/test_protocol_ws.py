@@ -225,3 +225,18 @@ async def test_handler_failure_closes_1011(
     expect_type(await other.request({"type": "ping"}), "pong")
     await eventually(lambda: service.connected_count() == 1)
     assert any("code=1011" in r.getMessage() for r in caplog.records)
+
+
+async def test_pushes_are_not_delayed(ws_connect: Connect) -> None:
+    """A push that follows a reply reaches the client at once: 40 rounds of a ping and,
+    2 ms later, another client's broadcast take well under a second.  With Nagle's
+    algorithm on, each push waits for the client's delayed ACK of the reply (~40 ms)."""
+    client, other = await ws_connect(), await ws_connect()
+    started = asyncio.get_running_loop().time()
+    for i in range(40):
+        await client.send({"type": "ping", "id": i})
+        await asyncio.sleep(0.002)
+        await other.send({"type": "broadcast", "message": i})
+        assert (await client.recv())["type"] == "pong"
+        assert (await client.recv())["message"] == i
+    assert asyncio.get_running_loop().time() - started < 0.6
