@@ -14,11 +14,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import tornado.httputil
 import tornado.netutil
 import tornado.web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from miaws.service import Service
-from miaws.upgrade import UpgradeServer
+from miaws.upgrade import UpgradeServer, parse_headers
 from miaws.ws import WebSocketEndpoint
 
 
@@ -176,3 +179,31 @@ async def test_a_handler_that_waits_still_upgrades(service: Service, io_loop: An
         writer.close()
     finally:
         server.stop()
+
+
+HEADER_TEXT = st.text(alphabet=st.sampled_from(list("\r\n: \tAbz-_09=\x7f\xe9\x00")), max_size=60)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(HEADER_TEXT)
+def test_header_parsing_is_tornados(block: str) -> None:
+    """The short way in parses a header block exactly as Tornado's HTTPHeaders.parse: the
+    same headers in the same order, or the same refusal."""
+
+    def outcome(parse: Any) -> Any:
+        try:
+            return list(parse(block).get_all())
+        except tornado.httputil.HTTPInputError as exc:
+            return ("refused", str(exc))
+
+    assert outcome(parse_headers) == outcome(tornado.httputil.HTTPHeaders.parse)
+
+
+def test_header_parsing_of_a_real_head() -> None:
+    """A browser-like upgrade head gives the headers Tornado would."""
+    block = "\r\nHost: a:1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
+    block += "Cookie: a=1\r\ncookie: b=2\r\nUser-Agent:  Mozilla/5.0 (X11) \t\r\n\r\n"
+    assert list(parse_headers(block).get_all()) == list(
+        tornado.httputil.HTTPHeaders.parse(block).get_all()
+    )
+    assert parse_headers(block).get_list("Cookie") == ["a=1", "b=2"]
