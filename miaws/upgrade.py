@@ -28,7 +28,6 @@ from typing import Any, cast
 import tornado.web
 from tornado import httputil
 from tornado.concurrent import Future
-from tornado.http1connection import CR_OR_LF_RE
 from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
@@ -65,12 +64,13 @@ class UpgradeConnection(httputil.HTTPConnection):
         self._status = start_line.code
         if start_line.code != 101:
             headers["Connection"] = "close"  # a refused upgrade ends the connection
-        lines = [f"HTTP/1.1 {start_line.code} {start_line.reason}".encode("latin1")]
-        lines.extend(f"{name}: {value}".encode("latin1") for name, value in headers.get_all())
-        if CR_OR_LF_RE.search(b"".join(lines)):  # Tornado's own header check, in one search
-            line = next(line for line in lines if CR_OR_LF_RE.search(line))
+        lines = [f"HTTP/1.1 {start_line.code} {start_line.reason}"]
+        lines += [f"{name}: {value}" for name, value in headers.get_all()]
+        joined = "".join(lines)
+        if "\r" in joined or "\n" in joined:  # what Tornado's HTTP/1 writer refuses too
+            line = next(line for line in lines if "\r" in line or "\n" in line)
             raise ValueError(f"Illegal characters (CR or LF) in header: {line!r}")
-        data = b"\r\n".join(lines) + b"\r\n\r\n"
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin1")
         if chunk:
             data += chunk
         protocol = getattr(self.handler, "ws_connection", None)

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple, cast
 import tornado
 import tornado.httputil
 import tornado.websocket
+from tornado.concurrent import Future
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 from tornado.util import _websocket_mask  # Tornado's C speedup when it is built
@@ -77,12 +78,13 @@ class MiawsProtocol(WebSocketProtocol13):
             return
         self.write(frame)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> Future[None] | None:
         """Write data to the stream; straight to the socket when nothing is queued.
 
         Tornado's ``IOStream.write`` makes a Future and a callback per call; when its write
         buffer is empty (the usual case) a direct ``send`` is equivalent, and whatever the
-        socket does not take goes through ``IOStream.write`` as before."""
+        socket does not take goes through ``IOStream.write`` as before.  Returns None when
+        the socket took everything, else IOStream.write's future."""
         stream = self.stream
         if not stream._write_buffer and not stream.closed():
             try:
@@ -92,9 +94,22 @@ class MiawsProtocol(WebSocketProtocol13):
             except OSError:
                 sent = 0  # IOStream.write meets the error again and closes the stream
             if sent == len(data):
-                return
+                return None
             data = data[sent:]
-        stream.write(data)
+        return stream.write(data)
+
+    def _write_frame(self, fin: bool, opcode: int, data: bytes, flags: int = 0) -> Future[None]:
+        """Tornado's, with the control frames it writes (close, ping, pong) going through
+        :meth:`write`; a server's control frame is two header bytes and the payload."""
+        if not opcode & 0x8 or not fin or flags or self.mask_outgoing or len(data) > 125:
+            return super()._write_frame(fin, opcode, data, flags)  # data, or an error
+        frame = bytes((0x80 | opcode, len(data))) + data
+        self._wire_bytes_out += len(frame)
+        pending = self.write(frame)
+        if pending is None:  # all sent: what Tornado's future would be by now
+            pending = Future()
+            pending.set_result(None)
+        return pending
 
     def flush(self) -> None:
         """Write this connection's corked frames (one write)."""
