@@ -25,7 +25,7 @@ import inspect
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, NamedTuple, cast
 
 import tornado
@@ -43,7 +43,7 @@ from miaws.origins import origin_allowed
 from miaws.service import Service
 from miaws.types import Client, Encoded, Outgoing
 
-__all__ = ["WebSocketEndpoint", "NativeClient", "MiawsProtocol", "corking", "run_corked"]
+__all__ = ["WebSocketEndpoint", "NativeClient", "MiawsProtocol"]
 
 log = logging.getLogger("miaws")
 
@@ -185,11 +185,8 @@ class MiawsProtocol(WebSocketProtocol13):
         if self._ping_coroutine is None and self.ping_interval > 0:
             self._ping_coroutine = _loop().call_later(self.ping_interval, self._send_ping)  # type: ignore[assignment]
 
-    _ping_sent = 0.0
-
     def _send_ping(self) -> None:
         self._received_pong = False
-        self._ping_sent = _loop().time()
         try:
             self.write_ping(b"")
         except StreamClosedError:
@@ -202,8 +199,11 @@ class MiawsProtocol(WebSocketProtocol13):
         if self.ping_timeout > 0 and not self._received_pong:
             self.close(reason=PING_TIMED_OUT)
             return
-        when = self._ping_sent + self.ping_interval
-        self._ping_coroutine = _loop().call_at(when, self._send_ping)  # type: ignore[assignment]
+        # The next ping is due an interval after this one was sent, a timeout ago.  (Not
+        # kept as an attribute: one more key in the protocol's instance dict would take it
+        # past CPython's shared-key limit, ~1.3 KiB more per connection.)
+        wait = max(self.ping_interval - self.ping_timeout, 0.0)
+        self._ping_coroutine = _loop().call_later(wait, self._send_ping)  # type: ignore[assignment]
 
     def _handle_message(self, opcode: int, data: bytes) -> Any:
         if opcode == 0x8:
@@ -272,9 +272,14 @@ class MiawsProtocol(WebSocketProtocol13):
         elif step is None or self.client_terminated:
             self._stopped()
         else:
-            self._need, tail = step
+            need, tail = step
+            # Set only when it changes: each attribute the protocol gains beyond Tornado's
+            # own takes its instance dict past CPython's shared-key limit (~1.3 KiB more).
             if tail:
                 self._pending = bytearray(tail)
+                self._need = need
+            elif self._need != need:  # no tail: need is 2 again
+                self._need = need
             self._read_next()
 
     async def _resume(self, paused: _Paused, data: bytes) -> None:
@@ -394,26 +399,6 @@ class MiawsProtocol(WebSocketProtocol13):
         if self.got_close_frame:
             return close_code or CloseCode.NO_STATUS_RECEIVED, "closed by client"
         return CloseCode.ABNORMAL_CLOSURE, "connection lost"
-
-
-def corking() -> bool:
-    """True while frames sent are corked (a read being handled, or :func:`run_corked`)."""
-    return _corked is not None
-
-
-def run_corked(function: Callable[..., None], *args: Any) -> None:
-    """Call function, corking the frames it sends: each connection's leave in one write."""
-    global _corked
-    if _corked is not None:  # corked already: the outer scope writes them
-        function(*args)
-        return
-    corked: list[MiawsProtocol] = []
-    _corked = corked
-    try:
-        function(*args)
-    finally:
-        _corked = None
-        MiawsProtocol._flush_corked(corked)
 
 
 _SERVER = f"TornadoServer/{tornado.version}"
