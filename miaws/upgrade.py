@@ -13,10 +13,12 @@ Tornado's, unchanged.  Anything else (every other path and method, a malformed r
 request with a body) is given back to Tornado untouched: the bytes read are put back in
 front of the stream's buffer and Tornado's ``HTTPServer`` handles the connection as always.
 
-Start-line and header parsing, the header size limit (``max_header_size``) and the header
-timeout (``idle_connection_timeout``) are Tornado's own.  The handler runs in the turn of the
-event loop that read the head, without a task unless it has to wait (:func:`_run`), and the
-frames it sends are corked: the 101 response leaves in one ``send`` with the welcome frame.
+Start-line parsing, the header size limit (``max_header_size``) and the header
+timeout (``idle_connection_timeout``) are Tornado's own; header lines are split here but each
+goes through Tornado's ``HTTPHeaders.add`` (:func:`parse_headers`).  The handler runs in the
+turn of the event loop that read the head, without a task unless it has to wait
+(:func:`_run`), and its 101 response is queued so that it leaves in one ``send`` with the
+welcome frame.
 """
 
 from __future__ import annotations
