@@ -50,8 +50,10 @@ log = logging.getLogger("miaws")
 PING_TIMED_OUT = "ping timed out"  # the reason Tornado's periodic_ping closes with
 READ_CHUNK = 65536  # at most this many bytes per read; every complete frame in it is handled
 
-# Connections with corked frames while a read is handled; None when no read is being handled.
-_corked: list[MiawsProtocol] | None = None
+# The frames corked per connection while a read is handled; None when no read is being
+# handled.  (Kept here rather than on the protocol: one more attribute would take each
+# protocol's instance dict past CPython's shared-key limit, ~1.3 KiB more per connection.)
+_corked: dict[MiawsProtocol, list[bytes]] | None = None
 _tasks: set[asyncio.Future[Any]] = set()  # see _keep
 _loop = asyncio.get_running_loop
 
@@ -63,16 +65,14 @@ class MiawsProtocol(WebSocketProtocol13):
     sent_close: tuple[int, str] | None = None
     got_close_frame = False
     dead = False
-    _outbox: list[bytes] | None = None  # frames corked for this connection
 
     def send_frame(self, frame: bytes) -> None:
         """Send a prebuilt frame: corked while a read is handled, else written at once."""
         corked = _corked
         if corked is not None:
-            box = self._outbox
+            box = corked.get(self)
             if box is None:
-                self._outbox = [frame]
-                corked.append(self)
+                corked[self] = [frame]
             else:
                 box.append(frame)
             return
@@ -112,11 +112,12 @@ class MiawsProtocol(WebSocketProtocol13):
         return pending
 
     def flush(self) -> None:
-        """Write this connection's corked frames (one write)."""
-        box = self._outbox
-        if box is None:
-            return
-        self._outbox = None
+        """Write this connection's corked frames now (one write)."""
+        box = _corked.pop(self, None) if _corked is not None else None
+        if box is not None:
+            self._write_out(box)
+
+    def _write_out(self, box: list[bytes]) -> None:
         stream = self.stream
         if stream is None or stream.closed():
             return
@@ -305,7 +306,7 @@ class MiawsProtocol(WebSocketProtocol13):
         done (aborted, closed or over the size limit)."""
         global _corked
         end = len(data)
-        corked: list[MiawsProtocol] = []
+        corked: dict[MiawsProtocol, list[bytes]] = {}
         _corked = corked
         try:
             while True:
@@ -385,10 +386,10 @@ class MiawsProtocol(WebSocketProtocol13):
             self._flush_corked(corked)
 
     @staticmethod
-    def _flush_corked(corked: list[MiawsProtocol]) -> None:
-        for protocol in corked:
-            protocol.flush()
-        corked.clear()
+    def _flush_corked(corked: dict[MiawsProtocol, list[bytes]]) -> None:
+        # _corked is None again: frames sent meanwhile (none are expected) go out directly.
+        for protocol, box in corked.items():
+            protocol._write_out(box)
 
     def ended(self, close_code: int | None) -> tuple[int, str]:
         """(code, reason) to report for this connection's end."""
