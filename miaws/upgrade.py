@@ -17,8 +17,8 @@ Start-line parsing, the header size limit (``max_header_size``) and the header
 timeout (``idle_connection_timeout``) are Tornado's own; header lines are split here but each
 goes through Tornado's ``HTTPHeaders.add`` (:func:`parse_headers`).  The handler runs in the
 turn of the event loop that read the head, without a task unless it has to wait
-(:func:`_run`), and its 101 response is queued so that it leaves in one ``send`` with the
-welcome frame.
+(:func:`_run`), and the frames it sends are corked: its 101 response leaves in one ``send``
+with the welcome frame.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 
+from miaws.ws import MiawsProtocol, corking, run_corked
+
 __all__ = ["UpgradeServer", "UpgradeConnection", "parse_headers"]
 
 
@@ -45,7 +47,7 @@ class UpgradeConnection(httputil.HTTPConnection):
     def __init__(self, stream: IOStream, context: _HTTPRequestContext) -> None:
         self.stream: IOStream | None = stream
         self.context = context  # remote_ip and protocol, worked out as Tornado does
-        self.queue_101 = False  # True while the handler runs in the turn that read the head
+        self.handler: tornado.web.RequestHandler | None = None  # set once it exists
         self._status = 0
 
     def set_close_callback(self, callback: Any) -> None:
@@ -73,11 +75,9 @@ class UpgradeConnection(httputil.HTTPConnection):
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin1")
         if chunk:
             data += chunk
-        if start_line.code == 101 and self.queue_101 and not self.stream.closed():
-            # Queued, not sent: the welcome written next sends both in one send (and
-            # _on_head sends it alone if nothing follows, as with a late token).
-            self.stream._write_buffer.append(data)
-            self.stream._total_write_index += len(data)
+        protocol = getattr(self.handler, "ws_connection", None)
+        if start_line.code == 101 and isinstance(protocol, MiawsProtocol) and corking():
+            protocol.send_frame(data)  # corked: it leaves in one send with the welcome
             done: Future[None] = Future()
             done.set_result(None)
             return done
@@ -225,15 +225,9 @@ class UpgradeServer(HTTPServer):
             return
         # What Tornado's _HandlerDelegate.execute does once routing has found the handler.
         handler = self.ws_handler(self.application, request, **self.ws_kwargs)
+        cast(UpgradeConnection, request.connection).handler = handler
         transforms = [t(request) for t in self.application.transforms]
-        connection = cast(UpgradeConnection, request.connection)
-        connection.queue_101 = True
-        try:
-            _run(handler._execute(transforms))
-        finally:
-            connection.queue_101 = False
-        if stream._write_buffer and not stream.closed():
-            stream.write(b"")  # a queued 101 that nothing followed
+        run_corked(_run, handler._execute(transforms))
 
     def _upgrade_request(
         self, stream: IOStream, address: tuple[Any, ...], data: bytes

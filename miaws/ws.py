@@ -25,7 +25,7 @@ import inspect
 import logging
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, cast
 
 import tornado
@@ -43,7 +43,7 @@ from miaws.origins import origin_allowed
 from miaws.service import Service
 from miaws.types import Client, Encoded, Outgoing
 
-__all__ = ["WebSocketEndpoint", "NativeClient", "MiawsProtocol"]
+__all__ = ["WebSocketEndpoint", "NativeClient", "MiawsProtocol", "corking", "run_corked"]
 
 log = logging.getLogger("miaws")
 
@@ -400,6 +400,26 @@ class MiawsProtocol(WebSocketProtocol13):
         if self.got_close_frame:
             return close_code or CloseCode.NO_STATUS_RECEIVED, "closed by client"
         return CloseCode.ABNORMAL_CLOSURE, "connection lost"
+
+
+def corking() -> bool:
+    """True while frames sent are corked (a read being handled, or :func:`run_corked`)."""
+    return _corked is not None
+
+
+def run_corked(function: Callable[..., None], *args: Any) -> None:
+    """Call function, corking the frames it sends: each connection's leave in one write."""
+    global _corked
+    if _corked is not None:  # corked already: the outer scope writes them
+        function(*args)
+        return
+    corked: dict[MiawsProtocol, list[bytes]] = {}
+    _corked = corked
+    try:
+        function(*args)
+    finally:
+        _corked = None
+        MiawsProtocol._flush_corked(corked)
 
 
 _SERVER = f"TornadoServer/{tornado.version}"

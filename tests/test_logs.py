@@ -57,3 +57,12 @@ def test_text_lines_are_logging_default_lines() -> None:
         record = logging.makeLogRecord({"name": "miaws", "msg": "x %d", "args": (1,)})
         record.created, record.msecs = created, (created % 1) * 1000
         assert ours.format(record) == default.format(record)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = sys.exc_info()
+    for extra in ({"exc_info": failed}, {"stack_info": "Stack (most recent call last):"}, {}):
+        fields = {"name": "a.b", "levelno": 40, "levelname": "ERROR", "msg": "%(k)s", **extra}
+        record = logging.makeLogRecord({**fields, "args": {"k": "v"}})
+        again = logging.makeLogRecord({**fields, "args": {"k": "v"}})
+        assert ours.format(record) == default.format(again)
