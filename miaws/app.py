@@ -54,6 +54,14 @@ def make_app(service: Service) -> tornado.web.Application:
     return tornado.web.Application(routes, **tornado_settings(service))
 
 
+# Bytes IOStream reads per recv.  Tornado's default is 64 KiB, and it allocates and zeroes a
+# buffer of that size for every recv it tries, the last one of each read (EAGAIN) included:
+# ~3 per connection and 2 per read, each wiping the CPU's L1 data cache.  Frames here are
+# small; a large one takes a few more recvs.  (Tornado's HTTP/1 connections read request
+# bodies in chunks of this size too.)
+READ_CHUNK_SIZE = 8192
+
+
 def make_server(app: tornado.web.Application, service: Service) -> UpgradeServer:
     """Tornado's HTTP server for app, with the short way in for WebSocket upgrades
     (:mod:`miaws.upgrade`)."""
@@ -62,4 +70,5 @@ def make_server(app: tornado.web.Application, service: Service) -> UpgradeServer
         ws_path=service.settings.server.ws_path,
         ws_handler=WebSocketEndpoint,
         ws_kwargs={"service": service},
+        chunk_size=READ_CHUNK_SIZE,
     )
