@@ -93,6 +93,7 @@ class UpgradeConnection(httputil.HTTPConnection):
         return self.stream.write(chunk)
 
     def finish(self) -> None:
+        self.handler = None  # written its one response: no cycle through the handler
         stream = self.stream
         if self._status != 101 and stream is not None:
             self.stream = None
