@@ -24,7 +24,7 @@ with the welcome frame.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any, cast
 
 import tornado.web
@@ -51,9 +51,9 @@ class UpgradeConnection(httputil.HTTPConnection):
         self._status = 0
 
     def set_close_callback(self, callback: Any) -> None:
-        # The handler runs from the request head to detach() in one turn of the event loop
-        # (its prepare and get do not wait), so the stream cannot close meanwhile; a closed
-        # stream is seen by the WebSocket reader afterwards.
+        # Nothing to tell: miaws's handler runs from the request head to detach() in one
+        # turn of the event loop.  One whose prepare waits meets a stream closed meanwhile
+        # when it writes its response, or its WebSocket reader does.
         pass
 
     def write_headers(
@@ -123,11 +123,7 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
         IOLoop.current().add_callback(_run, coro)
     else:  # an asyncio future, as a Task would see it
         waiting._asyncio_future_blocking = False
-        waiting.add_done_callback(_resume(coro))
-
-
-def _resume(coro: Coroutine[Any, Any, None]) -> Callable[[Any], None]:
-    return lambda _done: _run(coro)
+        waiting.add_done_callback(lambda _done: _run(coro))
 
 
 def parse_headers(block: str) -> httputil.HTTPHeaders:

@@ -26,7 +26,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import tornado
 import tornado.httputil
@@ -56,6 +56,7 @@ READ_CHUNK = 65536  # at most this many bytes per read; every complete frame in 
 _corked: dict[MiawsProtocol, list[bytes]] | None = None
 _tasks: set[asyncio.Future[Any]] = set()  # see _keep
 _loop = asyncio.get_running_loop
+T = TypeVar("T")
 
 
 class MiawsProtocol(WebSocketProtocol13):
@@ -263,7 +264,7 @@ class MiawsProtocol(WebSocketProtocol13):
     def _handle_read(self, data: bytes, pos: int = 0) -> None:
         """Handle the frames of data from pos on, then read on or stop."""
         try:
-            step = self._handle_frames(data, pos)
+            step = run_corked(self._handle_frames, data, pos)
         except Exception:  # a bug here must not pass silently; Tornado's reader logs too
             log.exception("frame reader failed; closing the connection")
             self._abort()
@@ -299,97 +300,84 @@ class MiawsProtocol(WebSocketProtocol13):
         self.handler.on_ws_connection_close(self.close_code, self.close_reason)
 
     def _handle_frames(self, data: bytes, pos: int) -> tuple[int, bytes] | _Paused | None:
-        """Handle every complete frame of data from pos on, corking what is sent meanwhile.
+        """Handle every complete frame of data from pos on (corked by :meth:`_handle_read`).
 
         Returns (bytes needed for the next frame, the unparsed tail); :class:`_Paused` when
         an async handler must finish before the next frame; or None once the connection is
         done (aborted, closed or over the size limit)."""
-        global _corked
         end = len(data)
-        corked: dict[MiawsProtocol, list[bytes]] = {}
-        _corked = corked
-        try:
-            while True:
-                if end - pos < 2:
-                    return 2, data[pos:]
-                b0, b1 = data[pos], data[pos + 1]
-                length = b1 & 0x7F
-                head = pos + 2
-                if length >= 126:
-                    if b0 & 0x08:  # control frames carry at most 125 bytes
-                        self._abort()
-                        return None
-                    size = 2 if length == 126 else 8
-                    if end - head < size:
-                        return 2 + size, data[pos:]
-                    length = int.from_bytes(data[head : head + size], "big")
-                    head += size
-                if b0 & self.RSV_MASK:  # an extension we did not negotiate
+        while True:
+            if end - pos < 2:
+                return 2, data[pos:]
+            b0, b1 = data[pos], data[pos + 1]
+            length = b1 & 0x7F
+            head = pos + 2
+            if length >= 126:
+                if b0 & 0x08:  # control frames carry at most 125 bytes
                     self._abort()
                     return None
-                fragments = self._fragmented_message_buffer
-                total = length + len(fragments) if fragments is not None else length
-                if total > self.params.max_message_size:
-                    self.close(1009, "message too big")
-                    self._abort()
-                    return None
-                stop = head + (4 if b1 & 0x80 else 0) + length
-                if stop > end:
-                    return stop - pos, data[pos:]
-                if b1 & 0x80:
-                    payload = _websocket_mask(data[head : head + 4], data[head + 4 : stop])
-                else:
-                    payload = data[head:stop]
-                pos = stop
-                opcode = b0 & 0x0F
-                if b0 & 0x80:  # FIN
-                    if opcode == 0:
-                        if fragments is None:  # nothing to continue
-                            self._abort()
-                            return None
-                        fragments.extend(payload)
-                        opcode = self._fragmented_message_opcode  # type: ignore[assignment]
-                        payload = bytes(fragments)
-                        self._fragmented_message_buffer = None
-                    elif fragments is not None and not opcode & 0x08:
-                        self._abort()  # a new message before the last one finished
-                        return None
-                    if opcode == 0x1:  # text: the common case, without two layers of calls
-                        try:
-                            text = payload.decode()
-                        except UnicodeDecodeError:
-                            self._abort()
-                            return None
-                        handled = self._run_callback(self.handler.on_message, text)
-                    else:
-                        handled = self._handle_message(opcode, payload)
-                    if handled is not None:  # an async handler: finish it before the next
-                        return _Paused(handled, pos)
-                    if self.client_terminated:
-                        return None
-                elif opcode & 0x08:  # control frames must not be fragmented
-                    self._abort()
-                    return None
-                elif opcode == 0:
-                    if fragments is None:
+                size = 2 if length == 126 else 8
+                if end - head < size:
+                    return 2 + size, data[pos:]
+                length = int.from_bytes(data[head : head + size], "big")
+                head += size
+            if b0 & self.RSV_MASK:  # an extension we did not negotiate
+                self._abort()
+                return None
+            fragments = self._fragmented_message_buffer
+            total = length + len(fragments) if fragments is not None else length
+            if total > self.params.max_message_size:
+                self.close(1009, "message too big")
+                self._abort()
+                return None
+            stop = head + (4 if b1 & 0x80 else 0) + length
+            if stop > end:
+                return stop - pos, data[pos:]
+            if b1 & 0x80:
+                payload = _websocket_mask(data[head : head + 4], data[head + 4 : stop])
+            else:
+                payload = data[head:stop]
+            pos = stop
+            opcode = b0 & 0x0F
+            if b0 & 0x80:  # FIN
+                if opcode == 0:
+                    if fragments is None:  # nothing to continue
                         self._abort()
                         return None
                     fragments.extend(payload)
-                elif fragments is not None:
+                    opcode = self._fragmented_message_opcode  # type: ignore[assignment]
+                    payload = bytes(fragments)
+                    self._fragmented_message_buffer = None
+                elif fragments is not None and not opcode & 0x08:
+                    self._abort()  # a new message before the last one finished
+                    return None
+                if opcode == 0x1:  # text: the common case, without two layers of calls
+                    try:
+                        text = payload.decode()
+                    except UnicodeDecodeError:
+                        self._abort()
+                        return None
+                    handled = self._run_callback(self.handler.on_message, text)
+                else:
+                    handled = self._handle_message(opcode, payload)
+                if handled is not None:  # an async handler: finish it before the next
+                    return _Paused(handled, pos)
+                if self.client_terminated:
+                    return None
+            elif opcode & 0x08:  # control frames must not be fragmented
+                self._abort()
+                return None
+            elif opcode == 0:
+                if fragments is None:
                     self._abort()
                     return None
-                else:
-                    self._fragmented_message_opcode = opcode  # type: ignore[assignment]
-                    self._fragmented_message_buffer = bytearray(payload)
-        finally:
-            _corked = None
-            self._flush_corked(corked)
-
-    @staticmethod
-    def _flush_corked(corked: dict[MiawsProtocol, list[bytes]]) -> None:
-        # _corked is None again: frames sent meanwhile (none are expected) go out directly.
-        for protocol, box in corked.items():
-            protocol._write_out(box)
+                fragments.extend(payload)
+            elif fragments is not None:
+                self._abort()
+                return None
+            else:
+                self._fragmented_message_opcode = opcode  # type: ignore[assignment]
+                self._fragmented_message_buffer = bytearray(payload)
 
     def ended(self, close_code: int | None) -> tuple[int, str]:
         """(code, reason) to report for this connection's end."""
@@ -407,19 +395,20 @@ def corking() -> bool:
     return _corked is not None
 
 
-def run_corked(function: Callable[..., None], *args: Any) -> None:
-    """Call function, corking the frames it sends: each connection's leave in one write."""
+def run_corked(function: Callable[..., T], *args: Any) -> T:
+    """Call function, corking the frames it sends: each connection's leave in one write
+    when it returns (also when it raises)."""
     global _corked
     if _corked is not None:  # corked already: the outer scope writes them
-        function(*args)
-        return
+        return function(*args)
     corked: dict[MiawsProtocol, list[bytes]] = {}
     _corked = corked
     try:
-        function(*args)
+        return function(*args)
     finally:
-        _corked = None
-        MiawsProtocol._flush_corked(corked)
+        _corked = None  # frames sent while these are written go out directly
+        for protocol, box in corked.items():
+            protocol._write_out(box)
 
 
 _SERVER = f"TornadoServer/{tornado.version}"
