@@ -10,7 +10,7 @@ import email.utils
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -115,21 +115,29 @@ async def test_other_requests_keep_alive_and_pipelining(port: int) -> None:
 
 
 @pytest.fixture
-def strict_port(service: Service, io_loop: Any) -> Iterator[int]:
+def upgrade_server(service: Service, io_loop: Any) -> Iterator[Callable[..., int]]:
+    """``upgrade_server(handler, **options)`` -> the port of an UpgradeServer for handler at
+    /ws; stopped at teardown."""
+    servers: list[UpgradeServer] = []
+
+    def start(handler: type[WebSocketEndpoint] = WebSocketEndpoint, **options: Any) -> int:
+        kw = {"service": service}
+        app = tornado.web.Application([("/ws", handler, kw)])
+        server = UpgradeServer(app, ws_path="/ws", ws_handler=handler, ws_kwargs=kw, **options)
+        [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        server.add_socket(sock)
+        servers.append(server)
+        return int(sock.getsockname()[1])
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def strict_port(upgrade_server: Callable[..., int]) -> int:
     """An UpgradeServer with a 0.3 s header timeout and a 1 KiB header limit."""
-    app = tornado.web.Application([("/ws", WebSocketEndpoint, {"service": service})])
-    server = UpgradeServer(
-        app,
-        ws_path="/ws",
-        ws_handler=WebSocketEndpoint,
-        ws_kwargs={"service": service},
-        idle_connection_timeout=0.3,
-        max_header_size=1024,
-    )
-    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    server.add_socket(sock)
-    yield sock.getsockname()[1]
-    server.stop()
+    return upgrade_server(idle_connection_timeout=0.3, max_header_size=1024)
 
 
 async def test_header_timeout_and_size_limit(strict_port: int) -> None:
@@ -159,26 +167,19 @@ class WaitingEndpoint(WebSocketEndpoint):
         super().prepare()
 
 
-async def test_a_handler_that_waits_still_upgrades(service: Service, io_loop: Any) -> None:
+async def test_a_handler_that_waits_still_upgrades(
+    service: Service, upgrade_server: Callable[..., int]
+) -> None:
     """Handlers run without a task until they wait; one that waits goes on afterwards and
     its 101 still comes before the welcome."""
-    app = tornado.web.Application([("/ws", WaitingEndpoint, {"service": service})])
-    server = UpgradeServer(
-        app, ws_path="/ws", ws_handler=WaitingEndpoint, ws_kwargs={"service": service}
-    )
-    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    server.add_socket(sock)
-    port = sock.getsockname()[1]
-    try:
-        reader, writer = await connect(port)
-        writer.write(upgrade_head(port))
-        status, _ = await read_response(reader)
-        assert status.startswith(b"HTTP/1.1 101 ")
-        assert (await read_welcome(reader))["type"] == "welcome"
-        assert service.connected_count() == 1
-        writer.close()
-    finally:
-        server.stop()
+    port = upgrade_server(WaitingEndpoint)
+    reader, writer = await connect(port)
+    writer.write(upgrade_head(port))
+    status, _ = await read_response(reader)
+    assert status.startswith(b"HTTP/1.1 101 ")
+    assert (await read_welcome(reader))["type"] == "welcome"
+    assert service.connected_count() == 1
+    writer.close()
 
 
 HEADER_TEXT = st.text(alphabet=st.sampled_from(list("\r\n: \tAbz-_09=\x7f\xe9\x00")), max_size=60)
