@@ -231,9 +231,18 @@ class MiawsProtocol(WebSocketProtocol13):
     _need = 2  # bytes _pending must hold before parsing is worth trying
 
     def _read_next(self) -> None:
+        stream = self.stream
         try:
-            # A Future (typed Awaitable by Tornado): done already when bytes were buffered.
-            future = cast("asyncio.Future[bytes]", self.stream.read_bytes(READ_CHUNK, partial=True))
+            if stream._read_buffer_size or stream.closed():
+                # A Future (typed Awaitable by Tornado): done already when bytes were buffered.
+                future = cast("asyncio.Future[bytes]", stream.read_bytes(READ_CHUNK, partial=True))
+            else:
+                # read_bytes would first try a recv, which almost always finds nothing yet
+                # (the peer is still answering what we sent): wait for readiness instead.
+                future = stream._start_read()
+                stream._read_bytes = READ_CHUNK
+                stream._read_partial = True
+                stream._add_io_state(IOLoop.READ)
         except StreamClosedError:
             self._abort()
             self._stopped()
