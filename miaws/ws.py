@@ -33,7 +33,7 @@ import tornado.httputil
 import tornado.websocket
 from tornado.concurrent import Future
 from tornado.ioloop import IOLoop
-from tornado.iostream import StreamClosedError
+from tornado.iostream import SSLIOStream, StreamClosedError
 from tornado.util import _websocket_mask  # Tornado's C speedup when it is built
 from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
 
@@ -233,12 +233,14 @@ class MiawsProtocol(WebSocketProtocol13):
     def _read_next(self) -> None:
         stream = self.stream
         try:
-            if stream._read_buffer_size or stream.closed():
+            if stream._read_buffer_size or stream.closed() or isinstance(stream, SSLIOStream):
                 # A Future (typed Awaitable by Tornado): done already when bytes were buffered.
                 future = cast("asyncio.Future[bytes]", stream.read_bytes(READ_CHUNK, partial=True))
             else:
                 # read_bytes would first try a recv, which almost always finds nothing yet
                 # (the peer is still answering what we sent): wait for readiness instead.
+                # (Not for TLS: data decrypted already can wait in the SSL object unseen by
+                # epoll, which is why Tornado tries first.)
                 future = stream._start_read()
                 stream._read_bytes = READ_CHUNK
                 stream._read_partial = True

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import email.utils
 import json
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +19,11 @@ import pytest
 import tornado.httputil
 import tornado.netutil
 import tornado.web
+import websockets
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -208,3 +215,50 @@ def test_header_parsing_of_a_real_head() -> None:
         tornado.httputil.HTTPHeaders.parse(block).get_all()
     )
     assert parse_headers(block).get_list("Cookie") == ["a=1", "b=2"]
+
+
+def self_signed_tls(tmp_path: Any) -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate for 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+async def test_a_tls_stream_reads_what_its_ssl_object_holds(
+    upgrade_server: Callable[..., int], tmp_path: Any
+) -> None:
+    """Over TLS a message of one 12 KiB record is read in two 8 KiB reads, the second from
+    the SSL object's buffer with nothing left on the socket for epoll to see: the frame
+    reader must still read it (and answer) rather than wait for readiness."""
+    port = upgrade_server(ssl_options=self_signed_tls(tmp_path), chunk_size=8192)
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    async with websockets.connect(f"wss://127.0.0.1:{port}/ws", ssl=client) as peer:
+        assert json.loads(await asyncio.wait_for(peer.recv(), 5))["type"] == "welcome"
+        text = "x" * 12_000
+        await peer.send(json.dumps({"type": "echo", "message": text}))
+        reply = json.loads(await asyncio.wait_for(peer.recv(), 5))
+        assert reply["type"] == "echo" and reply["original"] == text
