@@ -11,6 +11,9 @@ messages in flight a slower server raises the latency of every message at once, 
 stretch of 1 % of a run sets its p99.  Then the same windows for a loop of pure Python
 arithmetic on the server's CPU with nothing else running: if it has slow stretches too,
 the machine slowed down, not the server.  Talks only to 127.0.0.1.
+
+The echo loop is ``loadgen.py``'s, keeping each reply's time as well (``loadgen.py``
+stays a verbatim copy of the shared harness, so it is not changed for this).
 """
 
 from __future__ import annotations

@@ -48,7 +48,10 @@ __all__ = ["WebSocketEndpoint", "NativeClient", "MiawsProtocol", "corking", "run
 log = logging.getLogger("miaws")
 
 PING_TIMED_OUT = "ping timed out"  # the reason Tornado's periodic_ping closes with
-READ_CHUNK = 65536  # at most this many bytes per read; every complete frame in it is handled
+# The most one read hands the frame reader (read_bytes(partial=True)); every complete frame
+# in it is handled.  A read usually brings what one recv got: the stream's chunk size
+# (miaws.app.READ_CHUNK_SIZE, 8 KiB); more only when bytes were buffered already.
+READ_CHUNK = 65536
 
 # The frames corked per connection while a read is handled; None when no read is being
 # handled.  (Kept here rather than on the protocol: one more attribute would take each
@@ -168,7 +171,7 @@ class MiawsProtocol(WebSocketProtocol13):
         try:
             while True:
                 left = deadline - IOLoop.current().time()
-                await asyncio.wait_for(self.stream.read_bytes(65536, partial=True), left)
+                await asyncio.wait_for(self.stream.read_bytes(READ_CHUNK, partial=True), left)
         except (StreamClosedError, asyncio.TimeoutError):
             pass
         finally:

@@ -245,9 +245,10 @@ async def test_frames_after_an_async_handler_wait_for_it(raw: Any) -> None:
 async def test_a_busy_connection_does_not_hold_up_the_others(
     raw: Any, http_server_port: tuple[socket.socket, int]
 ) -> None:
-    """Fair turns: a connection whose requests are all waiting is handled one read (64 KiB)
-    at a time, and the other connections get their turns in between, instead of after its
-    whole backlog (a reader that drains whatever is buffered before yielding fails here)."""
+    """Fair turns: a connection whose requests are all waiting is handled one read (one
+    recv, 8 KiB) at a time, and the other connections get their turns in between, instead
+    of after its whole backlog (a reader that drains whatever is buffered before yielding
+    fails here)."""
     listener = http_server_port[0]  # connections accepted from now on inherit its buffer size
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
     busy, other, observer = await raw(), await raw(), await raw()
