@@ -31,24 +31,24 @@ tornado.tcpserver:TCPServer._handle_connection
 socket:socket.accept
 tornado.iostream:IOStream.__init__
 tornado.iostream:BaseIOStream.read_until_regex
-miaws.upgrade:UpgradeServer._on_head
-miaws.upgrade:UpgradeServer._upgrade_request
-miaws.upgrade:parse_headers
+miaws.transport.upgrade:UpgradeServer._on_head
+miaws.transport.upgrade:UpgradeServer._upgrade_request
+miaws.transport.upgrade:parse_headers
 tornado.httputil:HTTPServerRequest.__init__
 tornado.web:RequestHandler.__init__
-miaws.upgrade:_run
-miaws.ws:WebSocketEndpoint.prepare
+miaws.transport.upgrade:_run
+miaws.transport.native:WebSocketEndpoint.prepare
 tornado.websocket:WebSocketProtocol13._challenge_response
 tornado.web:RequestHandler.finish
-miaws.ws:MiawsProtocol.start_pinging
-miaws.ws:WebSocketEndpoint.open
+miaws.transport.native:MiawsProtocol.start_pinging
+miaws.transport.native:WebSocketEndpoint.open
 miaws.service:Service.connect
-miaws.ws:WebSocketEndpoint._shed
-miaws.ws:MiawsProtocol._read_next
+miaws.transport.native:WebSocketEndpoint._shed
+miaws.transport.native:MiawsProtocol._read_next
 tornado.platform.asyncio:BaseAsyncIOLoop.add_handler
-miaws.ws:MiawsProtocol._on_read
-miaws.ws:WebSocketEndpoint.on_message
-miaws.ws:MiawsProtocol._write_out
+miaws.transport.native:MiawsProtocol._on_read
+miaws.transport.native:WebSocketEndpoint.on_message
+miaws.transport.native:MiawsProtocol._write_out
 tornado.websocket:WebSocketProtocol13.close
 tornado.iostream:BaseIOStream.close
 miaws.service:Service.disconnect
@@ -94,11 +94,14 @@ def report():
             line = f"{total[part] / 1000 / n:8.1f} us  x{calls[part] / n:5.2f}  {part}"
             print(line, file=sys.stderr)
 
-import miaws.app, miaws.service, miaws.upgrade, miaws.ws  # noqa: E401 (before wrapping)
+import miaws.app  # noqa: E402 (imported before wrapping)
+import miaws.service  # noqa: E402
+import miaws.transport.native  # noqa: E402
+import miaws.transport.upgrade  # noqa: E402
 for part in PARTS:
     wrap(part)
 atexit.register(report)
-from miaws.cli import main
+from miaws.cli.main import main
 sys.exit(main(["serve", "--port", sys.argv[1]]))
 """
 

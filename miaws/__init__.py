@@ -1,11 +1,11 @@
 """miaws: a standalone real-time WebSocket server with plugin message types.
 
-The public API is the wire protocol, :data:`hookimpl`, the hooks in :mod:`miaws.hookspecs`,
+The public API is the wire protocol, :data:`hookimpl`, the hooks in :mod:`miaws.core.hookspecs`,
 and the names exported here.
 """
 
-from miaws.dispatch import Context
-from miaws.errors import (
+from miaws.core.dispatch import Context
+from miaws.core.errors import (
     CloseCode,
     Forbidden,
     InvalidJSON,
@@ -16,8 +16,8 @@ from miaws.errors import (
     RateLimited,
     UnknownType,
 )
-from miaws.hookspecs import hookimpl
-from miaws.types import Client, MessageType
+from miaws.core.hookspecs import hookimpl
+from miaws.core.model import Client, MessageType
 
 __version__ = "0.1.0"
 

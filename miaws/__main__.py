@@ -1,5 +1,5 @@
 """``python -m miaws`` is the ``miaws`` command."""
 
-from miaws.cli import main
+from miaws.cli.main import main
 
 raise SystemExit(main())

@@ -7,14 +7,14 @@ from typing import Any
 
 import tornado.web
 
-from miaws.adminapi import PublishHandler, ReloadHandler
-from miaws.asyncapi import AsyncAPIHandler
-from miaws.httpapi import ClientsHandler, HealthHandler, PluginsHandler, RoomsHandler
-from miaws.metrics import MetricsHandler, metrics_registry
+from miaws.ops.adminapi import PublishHandler, ReloadHandler
+from miaws.ops.asyncapi import AsyncAPIHandler
+from miaws.ops.httpapi import ClientsHandler, HealthHandler, PluginsHandler, RoomsHandler
+from miaws.ops.metrics import MetricsHandler, metrics_registry
+from miaws.ops.webconsole import console_routes
 from miaws.service import Service
-from miaws.upgrade import UpgradeServer
-from miaws.webconsole import console_routes
-from miaws.ws import WebSocketEndpoint
+from miaws.transport.native import WebSocketEndpoint
+from miaws.transport.upgrade import UpgradeServer
 
 __all__ = ["make_app", "make_server"]
 
@@ -47,7 +47,7 @@ def make_app(service: Service) -> tornado.web.Application:
         (r"/(client\.js)", tornado.web.StaticFileHandler, {"path": str(STATIC)}),
     ]
     if service.settings.socketio.enabled:
-        from miaws.sio import PATH, SocketIOBridge  # python-socketio only when it is used
+        from miaws.transport.sio import PATH, SocketIOBridge  # python-socketio only when it is used
 
         service.socketio = SocketIOBridge(service)
         routes.append((PATH, service.socketio.handler()))
@@ -64,7 +64,7 @@ READ_CHUNK_SIZE = 8192
 
 def make_server(app: tornado.web.Application, service: Service) -> UpgradeServer:
     """Tornado's HTTP server for app, with the short way in for WebSocket upgrades
-    (:mod:`miaws.upgrade`)."""
+    (:mod:`miaws.transport.upgrade`)."""
     return UpgradeServer(
         app,
         ws_path=service.settings.server.ws_path,

@@ -12,15 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from miaws.auth import Authenticator
-from miaws.clock import Clock
 from miaws.config import Settings
-from miaws.dispatch import Dispatcher
-from miaws.errors import close_meaning
-from miaws.hub import Hub, make_hub, send_to_namespace
-from miaws.plugins import Registry, build_registry
-from miaws.stats import Stats
-from miaws.types import Client, Outgoing
+from miaws.core.clock import Clock
+from miaws.core.dispatch import Dispatcher
+from miaws.core.errors import close_meaning
+from miaws.core.model import Client, Outgoing
+from miaws.core.plugins import Registry, build_registry
+from miaws.core.rooms import Hub, make_hub, send_to_namespace
+from miaws.core.stats import Stats
+from miaws.transport.auth import Authenticator
 
 __all__ = ["Service"]
 

@@ -9,7 +9,7 @@ before any new one; or it says ``recovered: false`` (the history no longer cover
 or the epoch is another) and nothing follows.  Joining, reading the history and queuing the
 replies happen in one step on the event loop, so no broadcast can slip in between.
 
-With the Redis hub the history is shared (:class:`~miaws.history.SharedHistory`): the join
+With the Redis hub the history is shared (:class:`~miaws.core.history.SharedHistory`): the join
 reads it asynchronously, and the hub holds back the room's live messages for this client
 until the reply and the missed messages are queued.
 """
@@ -18,9 +18,9 @@ from collections.abc import Awaitable
 from typing import Any
 
 from miaws import Context, MessageType, hookimpl
-from miaws.history import Joined, SharedHistory
-from miaws.hub import room_key
-from miaws.types import Outgoing
+from miaws.core.history import Joined, SharedHistory
+from miaws.core.model import Outgoing
+from miaws.core.rooms import room_key
 
 
 def handle_join(ctx: Context, message: dict[str, Any]) -> Awaitable[None] | None:

@@ -2,7 +2,7 @@
 clients that are closed at teardown.
 
 Settings for one test come from ``@pytest.mark.config({...})`` (the same mapping a config
-file holds).  ``ws_connect()`` opens a :class:`miaws.check.Peer` to the running server and
+file holds).  ``ws_connect()`` opens a :class:`miaws.cli.check.Peer` to the running server and
 has already read its ``welcome``.
 """
 
@@ -20,7 +20,7 @@ from rawws import RawWS
 from redis_server import RedisServer
 
 from miaws.app import make_app, make_server
-from miaws.check import Peer
+from miaws.cli.check import Peer
 from miaws.config import Settings, build_settings
 from miaws.service import Service
 

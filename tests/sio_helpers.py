@@ -20,7 +20,7 @@ BUILTINS = ["ping", "echo", "broadcast", "rooms"]
 
 ERRORS_PLUGIN = """
 from miaws import MessageType, hookimpl
-from miaws.errors import RateLimited
+from miaws.core.errors import RateLimited
 
 def handle_flood(ctx, message):
     raise RateLimited("Too many messages")

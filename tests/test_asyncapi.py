@@ -71,9 +71,9 @@ async def test_asyncapi_follows_the_enabled_plugins(port: int) -> None:
 
 def test_the_validator_rejects_a_broken_document() -> None:
     """The check above can fail: an operation with an unknown action is an error."""
-    from miaws.asyncapi import asyncapi_document
     from miaws.config import build_settings
-    from miaws.plugins import build_registry
+    from miaws.core.plugins import build_registry
+    from miaws.ops.asyncapi import asyncapi_document
 
     document = asyncapi_document(build_registry(build_settings({}, environ={})), "h:1", "/ws")
     document["operations"]["receive.ping"]["action"] = "publish"

@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from miaws.auth import Authenticator, AuthError, Identity, room_allowed
-from miaws.check import expect_error, expect_type
+from miaws.cli.check import expect_error, expect_type
 from miaws.config import ConfigError, build_settings
-from miaws.origins import origin_allowed
 from miaws.service import Service
+from miaws.transport.auth import Authenticator, AuthError, Identity, room_allowed
+from miaws.transport.origins import origin_allowed
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 JWT = {"auth": {"mode": "jwt", "jwt_secret": SECRET}}

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from miaws.broker.redis import RemoteEncoded, redact
 from miaws.config import ConfigError, build_settings
-from miaws.hub import make_hub
-from miaws.redis_hub import RemoteEncoded, redact
-from miaws.types import Encoded
+from miaws.core.model import Encoded
+from miaws.core.rooms import make_hub
 
 
 @pytest.mark.parametrize(

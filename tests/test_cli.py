@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from helpers import free_port
 
-from miaws.check import Peer, expect_type
+from miaws.cli.check import Peer, expect_type
 
 
 def miaws(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
-from miaws.check import Peer
+from miaws.cli.check import Peer
 
 CONFIG = "server:\n  host: 127.0.0.1\napi:\n  keys: [sesame]\n"
 

@@ -11,7 +11,7 @@ from helpers import chromium, eventually
 from test_recovery import PacedPublisher, joined_publisher, publish
 
 from miaws.service import Service
-from miaws.ws import NativeClient
+from miaws.transport.native import NativeClient
 
 PAGE = """<script type="module">
 import { MiawsClient } from "http://127.0.0.1:%(port)d/client.js";

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, Connect
 from helpers import chromium
 
-from miaws.check import expect_type
+from miaws.cli.check import expect_type
 
 TIMEOUT = 10_000  # ms, for each wait in the page
 

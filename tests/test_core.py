@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from miaws.clock import Clock, iso_timestamp
 from miaws.config import build_settings
-from miaws.dispatch import Dispatcher
-from miaws.hub import MemoryHub, valid_room
-from miaws.plugins import build_registry
-from miaws.types import Client, Encoded, Outgoing
+from miaws.core.clock import Clock, iso_timestamp
+from miaws.core.dispatch import Dispatcher
+from miaws.core.model import Client, Encoded, Outgoing
+from miaws.core.plugins import build_registry
+from miaws.core.rooms import MemoryHub, valid_room
 
 
 class RecordingClient(Client):

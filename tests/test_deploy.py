@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT
 from helpers import free_port
 
-from miaws.check import Peer, expect_type
+from miaws.cli.check import Peer, expect_type
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx") is None, reason="nginx is not installed (.ci/run installs it)"

@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 import miaws
-from miaws import hookspecs
 from miaws.config import build_settings, settings_table
-from miaws.errors import ERROR_CODES
-from miaws.plugins import build_registry
+from miaws.core import hookspecs
+from miaws.core.errors import ERROR_CODES
+from miaws.core.plugins import build_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,15 +20,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rawws import RawWS, client_frame, close_code
 
-from miaws.check import TIMESTAMP
-from miaws.clock import Clock
+from miaws.cli.check import TIMESTAMP
 from miaws.config import build_settings
-from miaws.dispatch import Dispatcher
-from miaws.errors import ERROR_CODES
-from miaws.hub import MemoryHub
-from miaws.plugins import build_registry
-from miaws.ratelimit import RateLimiter
-from miaws.types import Client, Encoded
+from miaws.core.clock import Clock
+from miaws.core.dispatch import Dispatcher
+from miaws.core.errors import ERROR_CODES
+from miaws.core.model import Client, Encoded
+from miaws.core.plugins import build_registry
+from miaws.core.ratelimit import RateLimiter
+from miaws.core.rooms import MemoryHub
 
 SERVER_TYPES = {"welcome", "pong", "echo", "broadcast", "room-joined", "room-left", "error"}
 CLOSE_CODES = {1003, 1008, 1009, 1013}  # what a client can earn; 1011 would be a bug

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from miaws.config import ConfigError, HistoryRoom, build_settings
-from miaws.history import MemoryHistory, Position
+from miaws.core.history import MemoryHistory, Position
 
 
 class Clock:

@@ -14,11 +14,11 @@ from helpers import eventually
 from rawws import client_frame
 from tornado.websocket import websocket_connect
 
-from miaws.check import expect_error, expect_type
+from miaws.cli.check import expect_error, expect_type
 from miaws.config import LimitsSettings, build_settings
-from miaws.ratelimit import RateLimiter
+from miaws.core.model import Client
+from miaws.core.ratelimit import RateLimiter
 from miaws.service import Service
-from miaws.types import Client
 
 
 @pytest.mark.config({"limits": {"messages_per_second": 5, "burst": 5}})

@@ -8,8 +8,8 @@ import logging
 import sys
 from typing import Any
 
-from miaws.check import Peer
-from miaws.logs import TEXT_FORMAT, JSONFormatter, TextFormatter
+from miaws.cli.check import Peer
+from miaws.ops.logs import TEXT_FORMAT, JSONFormatter, TextFormatter
 
 
 async def test_json_log_lines_from_a_server(server_process: Any) -> None:

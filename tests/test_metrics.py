@@ -89,7 +89,7 @@ async def test_metrics_count_heartbeat_drops(
 def test_two_services_have_separate_registries() -> None:
     """Each service's /metrics has its own registry: building two does not clash."""
     from miaws.config import build_settings
-    from miaws.metrics import metrics_registry
+    from miaws.ops.metrics import metrics_registry
 
     one = Service.from_settings(build_settings({}, environ={}))
     two = Service.from_settings(build_settings({}, environ={}))

@@ -12,7 +12,7 @@ import pytest
 from conftest import Connect
 from helpers import eventually
 
-from miaws.check import Peer, expect_error, expect_type
+from miaws.cli.check import Peer, expect_error, expect_type
 from miaws.config import ConfigError, build_settings
 from miaws.service import Service
 

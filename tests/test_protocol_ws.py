@@ -10,7 +10,7 @@ import pytest
 from conftest import Connect
 from helpers import eventually
 
-from miaws.check import SCENARIOS, TIMESTAMP, expect_error, expect_type, run_check
+from miaws.cli.check import SCENARIOS, TIMESTAMP, expect_error, expect_type, run_check
 from miaws.service import Service
 
 SCENARIO_NAMES = [name for name, _ in SCENARIOS]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from conftest import Connect
 
-from miaws.check import expect_type
+from miaws.cli.check import expect_type
 
 
 async def call(

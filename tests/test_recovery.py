@@ -9,7 +9,7 @@ import pytest
 from conftest import Connect
 from helpers import eventually
 
-from miaws.check import Peer, expect_type
+from miaws.cli.check import Peer, expect_type
 from miaws.client import MiawsClient, backoff_delay
 from miaws.service import Service
 

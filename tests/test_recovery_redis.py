@@ -13,7 +13,7 @@ from redis_server import RedisServer
 from test_recovery import PacedPublisher
 from test_scaling import Start
 
-from miaws.check import Peer, expect_type
+from miaws.cli.check import Peer, expect_type
 from miaws.client import MiawsClient
 
 

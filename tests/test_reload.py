@@ -18,7 +18,7 @@ import yaml
 from conftest import Connect
 from test_metrics import scrape
 
-from miaws.check import Peer, expect_error, expect_type
+from miaws.cli.check import Peer, expect_error, expect_type
 from miaws.service import Service
 
 ALL = ["ping", "echo", "broadcast", "rooms"]

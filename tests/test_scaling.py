@@ -13,7 +13,7 @@ from helpers import ServerProcess
 from redis_server import RedisServer
 from tornado.httpclient import AsyncHTTPClient
 
-from miaws.check import Peer, expect_type
+from miaws.cli.check import Peer, expect_type
 
 HEARTBEAT = 0.5  # seconds; a node silent for 3 heartbeats leaves the cluster view
 Start = Callable[..., ServerProcess]

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from miaws.plugins import bundled_schemas_dir
-from miaws.schemas import Schema, load_schema
+from miaws.core.plugins import bundled_schemas_dir
+from miaws.core.schemas import Schema, load_schema
 
 SCHEMA_FILES = sorted(bundled_schemas_dir().glob("*.json"))
 NAMES = [path.stem for path in SCHEMA_FILES]

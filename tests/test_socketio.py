@@ -19,7 +19,7 @@ from conftest import Connect
 from helpers import eventually
 from sio_helpers import ERROR_CASES, SioPeer, with_errors_plugin
 
-from miaws.check import TIMESTAMP, expect_error, expect_type
+from miaws.cli.check import TIMESTAMP, expect_error, expect_type
 from miaws.service import Service
 
 SioConnect = Callable[..., Awaitable[SioPeer]]

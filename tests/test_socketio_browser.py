@@ -9,7 +9,7 @@ from conftest import Connect
 from helpers import chromium, eventually
 from sio_helpers import NODE_DIR, ensure_node_modules
 
-from miaws.check import expect_type
+from miaws.cli.check import expect_type
 
 ROOT = Path(__file__).resolve().parent.parent
 

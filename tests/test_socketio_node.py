@@ -14,7 +14,7 @@ from conftest import Connect
 from helpers import eventually
 from sio_helpers import ERROR_CASES, NodePeer, SioPeer, ensure_node_modules, with_errors_plugin
 
-from miaws.check import expect_error, expect_type
+from miaws.cli.check import expect_error, expect_type
 from miaws.service import Service
 
 NodeConnect = Callable[..., Awaitable[NodePeer]]

@@ -11,7 +11,7 @@ import tornado.httpclient
 from helpers import eventually
 from sio_helpers import SioPeer
 
-from miaws.check import expect_type
+from miaws.cli.check import expect_type
 from miaws.service import Service
 
 TOKENS = {"auth": {"mode": "token", "tokens": {"s3cret": {"user": "ann", "rooms": ["ok"]}}}}

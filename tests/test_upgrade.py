@@ -1,5 +1,5 @@
-"""The short way in for WebSocket upgrades (miaws.upgrade), seen from raw sockets: upgrades
-of the WebSocket path however the head arrives, refusals answered and closed, everything
+"""The short way in for WebSocket upgrades (miaws.transport.upgrade), seen from raw sockets:
+upgrades of the WebSocket path however the head arrives, refusals answered and closed, everything
 else served by Tornado as before (keep-alive, pipelining), and Tornado's header limits."""
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from miaws.service import Service
-from miaws.upgrade import UpgradeServer, parse_headers
-from miaws.ws import WebSocketEndpoint
+from miaws.transport.native import WebSocketEndpoint
+from miaws.transport.upgrade import UpgradeServer, parse_headers
 
 
 def upgrade_head(port: int, path: str = "/ws", key: bool = True) -> bytes:

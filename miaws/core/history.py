@@ -14,7 +14,7 @@ same four methods.  Everything here runs synchronously on the event loop, so sta
 broadcast and reading the history while joining a room cannot interleave.
 
 :class:`SharedHistory` is the other kind: a history several nodes share (Redis streams, see
-:mod:`miaws.redis_history`), stamped by the broker and read asynchronously.
+:mod:`miaws.broker.redis_history`), stamped by the broker and read asynchronously.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 from miaws.config import HistoryRoom
 
 if TYPE_CHECKING:
-    from miaws.types import Client
+    from miaws.core.model import Client
 
 __all__ = [
     "RoomHistory",

@@ -14,7 +14,7 @@ time to live of three heartbeats (and its id to the set ``{prefix}:nodes``); the
 view reads them back, so a crashed node drops out on its own.
 
 Rooms with history (``history.rooms``) go another way, described in
-:mod:`miaws.redis_history`: the publisher stamps, keeps and publishes them in one Lua script,
+:mod:`miaws.broker.redis_history`: the publisher stamps, keeps and publishes them in one Lua script,
 as ``\n room \n epoch \n seq \n text`` (no node id), and every node, the sender's included,
 delivers them as they come back, so every node delivers them in seq order.
 
@@ -40,11 +40,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from miaws.cluster import TTL_HEARTBEATS, BrokerUnavailable, ClusterView, NodeCounts
+from miaws.broker.cluster import TTL_HEARTBEATS, BrokerUnavailable, ClusterView, NodeCounts
+from miaws.broker.redis_history import RedisHistory
 from miaws.config import ConfigError, HistoryRoom, Settings
-from miaws.hub import MemoryHub
-from miaws.redis_history import RedisHistory
-from miaws.types import Encoded
+from miaws.core.model import Encoded
+from miaws.core.rooms import MemoryHub
 
 __all__ = ["RedisHub", "RemoteEncoded"]
 

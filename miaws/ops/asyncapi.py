@@ -13,9 +13,9 @@ import re
 from typing import Any
 
 from miaws import __version__
-from miaws.errors import ERROR_CODES
-from miaws.httpapi import JSONHandler
-from miaws.plugins import Registry
+from miaws.core.errors import ERROR_CODES
+from miaws.core.plugins import Registry
+from miaws.ops.httpapi import JSONHandler
 
 __all__ = ["asyncapi_document", "AsyncAPIHandler"]
 

@@ -25,8 +25,8 @@ from typing import Any
 import tornado.web
 
 from miaws.config import ConfigError, Settings, load_settings, sections
-from miaws.logs import configure_logging
-from miaws.plugins import build_registry
+from miaws.core.plugins import build_registry
+from miaws.ops.logs import configure_logging
 from miaws.service import Service
 
 __all__ = ["ReloadResult", "reload_config", "LIVE_SECTIONS"]

@@ -25,10 +25,10 @@ from typing import Any
 import pluggy
 from pluggy import HookImpl
 
-from miaws import hookspecs
 from miaws.config import ConfigError, Settings
-from miaws.schemas import Schema, load_schema
-from miaws.types import MessageType
+from miaws.core import hookspecs
+from miaws.core.model import MessageType
+from miaws.core.schemas import Schema, load_schema
 
 __all__ = [
     "Registry",

@@ -1,4 +1,4 @@
-"""``GET /metrics``: the service's :class:`~miaws.stats.Stats` in Prometheus text format.
+"""``GET /metrics``: the service's :class:`~miaws.core.stats.Stats` in Prometheus text format.
 
 A custom collector turns the plain counters into metric families at scrape time, so the
 per-message path never calls prometheus-client.  Each service has its own

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 
 if TYPE_CHECKING:
-    from miaws.dispatch import Context
-    from miaws.ratelimit import TokenBucket
+    from miaws.core.dispatch import Context
+    from miaws.core.ratelimit import TokenBucket
 
 __all__ = [
     "MessageType",
@@ -34,7 +34,7 @@ class MessageType:
     """What a plugin returns from ``register_message_types``: one client message type.
 
     :param type: the ``type`` string clients send (case-sensitive).
-    :param handler: ``handler(ctx, message)``; see :class:`miaws.dispatch.Context`.
+    :param handler: ``handler(ctx, message)``; see :class:`miaws.core.dispatch.Context`.
     :param schema: ``None`` to use ``<type>.json`` from the schema directories, a file name
         to look up there, or an inline JSON Schema dict.
     :param description: one line for documentation and ``/api/plugins``.

@@ -26,11 +26,11 @@ import engineio.exceptions
 import socketio
 from socketio import packet
 
-from miaws.auth import AuthError
-from miaws.errors import CloseCode
-from miaws.origins import origin_allowed
+from miaws.core.errors import CloseCode
+from miaws.core.model import Client, Encoded, Outgoing
 from miaws.service import Service
-from miaws.types import Client, Encoded, Outgoing
+from miaws.transport.auth import AuthError
+from miaws.transport.origins import origin_allowed
 
 __all__ = ["SocketIOBridge", "SocketIOClient", "REASON_CODES"]
 

@@ -37,11 +37,11 @@ from tornado.iostream import SSLIOStream, StreamClosedError
 from tornado.util import _websocket_mask  # Tornado's C speedup when it is built
 from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
 
-from miaws.auth import AuthError, Identity
-from miaws.errors import CloseCode
-from miaws.origins import origin_allowed
+from miaws.core.errors import CloseCode
+from miaws.core.model import Client, Encoded, Outgoing
 from miaws.service import Service
-from miaws.types import Client, Encoded, Outgoing
+from miaws.transport.auth import AuthError, Identity
+from miaws.transport.origins import origin_allowed
 
 __all__ = ["WebSocketEndpoint", "NativeClient", "MiawsProtocol", "corking", "run_corked"]
 
@@ -579,7 +579,7 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
             self.close(CloseCode.TRY_AGAIN_LATER, "server full: try again later")
             return
         if not getattr(self.request.connection, "nodelay", False):
-            # Not the short way in (miaws.upgrade), whose socket has TCP_NODELAY from its
+            # Not the short way in (miaws.transport.upgrade), whose socket has TCP_NODELAY from its
             # listening socket: Tornado's HTTP/1 connection turns Nagle back on after each
             # request, and Nagle would hold the second of two small writes ~40 ms.
             self.set_nodelay(True)

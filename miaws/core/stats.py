@@ -1,4 +1,4 @@
-"""Plain counters the core increments; :mod:`miaws.metrics` exposes them at scrape time.
+"""Plain counters the core increments; :mod:`miaws.ops.metrics` exposes them at scrape time.
 
 Nothing here touches prometheus-client: the per-message path only adds to ints in dicts and
 lists, which costs a fraction of a labelled ``Counter.inc()``.  The numbers are

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from miaws.client import ConnectionLost, MiawsClient
-from miaws.types import encode_json
+from miaws.core.model import encode_json
 
 __all__ = ["listen", "send_one"]
 

@@ -13,12 +13,12 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from miaws.types import Client, Encoded
+from miaws.core.model import Client, Encoded
 
 if TYPE_CHECKING:
-    from miaws.cluster import ClusterView
+    from miaws.broker.cluster import ClusterView
     from miaws.config import Settings
-    from miaws.history import RoomHistory, SharedHistory
+    from miaws.core.history import RoomHistory, SharedHistory
 
 __all__ = [
     "Hub",
@@ -91,10 +91,10 @@ class Hub(Protocol):
 
 def make_hub(settings: Settings) -> Hub:
     """The hub ``broker.type`` asks for (redis is imported only when chosen)."""
-    from miaws.history import history_from_rules
+    from miaws.core.history import history_from_rules
 
     if settings.broker.type == "redis":
-        from miaws.redis_hub import RedisHub
+        from miaws.broker.redis import RedisHub
 
         return RedisHub.from_settings(settings)  # history in Redis: shared by the nodes
     return MemoryHub(history_from_rules(settings.history.rooms))

@@ -33,8 +33,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from miaws.config import HistoryRoom
-from miaws.history import Joined, Position, Rules
-from miaws.types import Client, Encoded
+from miaws.core.history import Joined, Position, Rules
+from miaws.core.model import Client, Encoded
 
 __all__ = ["RedisHistory"]
 
@@ -84,7 +84,7 @@ return {epoch, seq, entries, now[1], now[2]}
 
 
 class RedisHistory:
-    """The :class:`~miaws.history.SharedHistory` of a Redis hub."""
+    """The :class:`~miaws.core.history.SharedHistory` of a Redis hub."""
 
     def __init__(
         self, rules: Sequence[HistoryRoom], redis: aioredis.Redis, prefix: str, channel: str

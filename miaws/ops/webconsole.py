@@ -17,7 +17,7 @@ from miaws.service import Service
 
 __all__ = ["ConsoleHandler", "ConsoleAssetHandler", "CONSOLE_DIR", "console_routes"]
 
-CONSOLE_DIR = Path(__file__).resolve().parent / "console"
+CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
 _templates = tornado.template.Loader(str(CONSOLE_DIR))
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from miaws.types import Client, MessageType
+    from miaws.core.model import Client, MessageType
 
 __all__ = ["hookspec", "hookimpl"]
 

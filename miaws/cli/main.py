@@ -42,7 +42,7 @@ def ws_url(url: str) -> str:
 
 
 def setup_logging(settings: Settings) -> None:
-    from miaws.logs import configure_logging
+    from miaws.ops.logs import configure_logging
 
     configure_logging(settings)
 
@@ -51,7 +51,7 @@ async def serve(
     settings: Settings, path: Path | None = None, port_override: int | None = None
 ) -> None:
     from miaws.app import make_app, make_server
-    from miaws.reload import reload_config
+    from miaws.ops.reload import reload_config
     from miaws.service import Service
 
     service = Service.from_settings(settings)
@@ -114,7 +114,7 @@ def _with_port(settings: Settings, port: int) -> Settings:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from miaws.check import run_health
+    from miaws.cli.check import run_health
 
     ok, line = asyncio.run(run_health(args.url, args.timeout))
     print(line)
@@ -122,7 +122,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from miaws.check import run_check
+    from miaws.cli.check import run_check
 
     results = asyncio.run(run_check(args.url, args.max_message_bytes, args.timeout))
     width = max(len(name) for name, _, _ in results)
@@ -134,7 +134,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from miaws.admin import AdminError, clients_table, fetch, rooms_table
+    from miaws.cli.admin import AdminError, clients_table, fetch, rooms_table
 
     key = args.api_key or os.environ.get("MIAWS_API_KEY") or None
     try:
@@ -149,13 +149,13 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    from miaws.clientcli import listen
+    from miaws.cli.listen_send import listen
 
     return asyncio.run(listen(args.url, args.room, args.count, args.timeout))
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from miaws.clientcli import send_one
+    from miaws.cli.listen_send import send_one
 
     return asyncio.run(send_one(args.url, args.message, args.join, args.timeout, args.no_reply))
 
@@ -163,8 +163,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_asyncapi(args: argparse.Namespace) -> int:
     import json
 
-    from miaws.asyncapi import asyncapi_document
-    from miaws.plugins import build_registry
+    from miaws.core.plugins import build_registry
+    from miaws.ops.asyncapi import asyncapi_document
 
     try:
         settings = load_settings(config_path(args.config))

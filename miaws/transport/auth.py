@@ -27,7 +27,7 @@ from typing import Any
 import jwt
 
 from miaws.config import ConfigError, Settings
-from miaws.types import Client
+from miaws.core.model import Client
 
 __all__ = ["Authenticator", "AuthError", "Identity", "room_allowed", "bearer_token"]
 

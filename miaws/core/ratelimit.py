@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 
 from miaws.config import LimitsSettings
-from miaws.errors import RateLimited
-from miaws.types import Client
+from miaws.core.errors import RateLimited
+from miaws.core.model import Client
 
 __all__ = ["TokenBucket", "RateLimiter", "FLOODING"]
 

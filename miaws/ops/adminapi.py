@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from miaws.httpapi import JSONHandler
-from miaws.hub import valid_room
-from miaws.reload import reload_config
+from miaws.core.rooms import valid_room
+from miaws.ops.httpapi import JSONHandler
+from miaws.ops.reload import reload_config
 
 __all__ = ["PublishHandler", "ReloadHandler", "publish_payload"]
 

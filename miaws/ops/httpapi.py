@@ -7,8 +7,8 @@ from typing import Any
 
 import tornado.web
 
-from miaws.apiauth import api_keys, check_bearer
-from miaws.cluster import BrokerUnavailable
+from miaws.broker.cluster import BrokerUnavailable
+from miaws.ops.apikeys import api_keys, check_bearer
 from miaws.service import Service
 
 __all__ = ["JSONHandler", "HealthHandler", "ClientsHandler", "RoomsHandler", "PluginsHandler"]
@@ -23,7 +23,7 @@ class JSONHandler(tornado.web.RequestHandler):
         self.service = service
 
     def prepare(self) -> None:
-        """``/api/*`` needs a bearer key when keys are configured (see miaws.apiauth)."""
+        """``/api/*`` needs a bearer key when keys are configured (see miaws.ops.apikeys)."""
         if self.request.path.startswith("/api/"):
             status = check_bearer(
                 self.request.headers.get("Authorization"), api_keys(self.service.settings)

@@ -20,10 +20,9 @@ from typing import Any
 
 import orjson
 
-from miaws.auth import room_allowed
-from miaws.clock import Clock
 from miaws.config import LimitsSettings
-from miaws.errors import (
+from miaws.core.clock import Clock
+from miaws.core.errors import (
     CloseCode,
     Forbidden,
     InvalidJSON,
@@ -32,11 +31,12 @@ from miaws.errors import (
     NotInRoom,
     UnknownType,
 )
-from miaws.hub import Hub, room_key, valid_room
-from miaws.plugins import Registry
-from miaws.ratelimit import FLOODING, RateLimiter
-from miaws.stats import Stats
-from miaws.types import Client, Outgoing
+from miaws.core.model import Client, Outgoing
+from miaws.core.plugins import Registry
+from miaws.core.ratelimit import FLOODING, RateLimiter
+from miaws.core.rooms import Hub, room_key, valid_room
+from miaws.core.stats import Stats
+from miaws.transport.auth import room_allowed
 
 __all__ = ["Dispatcher", "Context", "valid_id"]
 
