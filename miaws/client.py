@@ -32,6 +32,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.uri import parse_uri
 
+from miaws.core.errors import MiawsError
+
 __all__ = ["MiawsClient", "ConnectionLost", "backoff_delay"]
 
 log = logging.getLogger("miaws.client")
@@ -41,7 +43,7 @@ RecoveryFailed = Callable[[str, dict[str, Any]], Any]
 (and the room's current ``epoch`` and ``seq`` when it keeps history).  May be async."""
 
 
-class ConnectionLost(ConnectionError):
+class ConnectionLost(MiawsError, ConnectionError):
     """The connection dropped before the request's reply arrived (it may or may not have
     been handled); or the client is closed."""
 

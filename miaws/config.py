@@ -16,17 +16,19 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import yaml
+
+from miaws.core.errors import ConfigError
+from miaws.core.history import HistoryRoom
+
+if TYPE_CHECKING:
+    from miaws.core.plugins import PluginSources
 
 __all__ = ["Settings", "ConfigError", "load_settings", "settings_table", "BUILTIN_PLUGINS"]
 
 BUILTIN_PLUGINS = ("ping", "echo", "broadcast", "rooms")
-
-
-class ConfigError(Exception):
-    """A configuration problem; its text is one line meant for the operator."""
 
 
 def setting(default: Any, help: str, *, env: str | None = None, expect: str | None = None) -> Any:
@@ -252,15 +254,6 @@ class SocketIOSettings:
 
 
 @dataclass(frozen=True)
-class HistoryRoom:
-    """One ``history.rooms`` rule: rooms whose name matches the glob keep a history."""
-
-    match: str
-    size: int = 100
-    ttl: float = 300.0
-
-
-@dataclass(frozen=True)
 class HistorySettings:
     rooms: list[HistoryRoom] = setting(
         [],
@@ -287,6 +280,14 @@ class Settings:
     history: HistorySettings = field(default_factory=HistorySettings)
     source: str = field(default="defaults", compare=False)
     """Where the settings came from (file path or 'defaults'), for messages."""
+
+    def plugin_sources(self) -> PluginSources:
+        """What the core's plugin loader takes from these settings."""
+        from miaws.core.plugins import PluginSources  # pluggy and jsonschema only when used
+
+        return PluginSources(
+            self.plugins.enabled, self.plugins.paths, self.schemas.path, self.source
+        )
 
 
 def sections() -> dict[str, type]:

@@ -52,7 +52,9 @@ class Service:
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Service:
         """Load plugins and schemas (ConfigError on any problem) and call ``startup``."""
-        service = cls(settings, build_registry(settings), make_hub(settings), clock)
+        service = cls(
+            settings, build_registry(settings.plugin_sources()), make_hub(settings), clock
+        )
         service.hooks.startup(service=service)
         return service
 

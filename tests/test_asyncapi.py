@@ -75,7 +75,9 @@ def test_the_validator_rejects_a_broken_document() -> None:
     from miaws.core.plugins import build_registry
     from miaws.ops.asyncapi import asyncapi_document
 
-    document = asyncapi_document(build_registry(build_settings({}, environ={})), "h:1", "/ws")
+    document = asyncapi_document(
+        build_registry(build_settings({}, environ={}).plugin_sources()), "h:1", "/ws"
+    )
     document["operations"]["receive.ping"]["action"] = "publish"
     code, diagnostics = validate(document)
     assert code == 1 and any(d["severity"] == 0 for d in diagnostics)

@@ -33,7 +33,9 @@ FIXED = Clock(lambda: 1_700_000_000.5)
 @pytest.fixture
 def core() -> tuple[Dispatcher, MemoryHub]:
     hub = MemoryHub()
-    return Dispatcher(build_registry(build_settings({}, environ={})), hub, FIXED), hub
+    return Dispatcher(
+        build_registry(build_settings({}, environ={}).plugin_sources()), hub, FIXED
+    ), hub
 
 
 def assert_reply(out: Any, **fields: Any) -> dict[str, Any]:

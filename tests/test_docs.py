@@ -52,7 +52,7 @@ def test_every_hook_has_a_test() -> None:
 
 def test_schemas_and_types_match() -> None:
     """Every built-in type has a schema file and every schema file belongs to a type."""
-    registry = build_registry(build_settings({}, environ={}))
+    registry = build_registry(build_settings({}, environ={}).plugin_sources())
     files = {p.stem for p in (ROOT / "schemas").glob("*.json")}
     assert files == set(registry.types)
     for path in (ROOT / "schemas").glob("*.json"):

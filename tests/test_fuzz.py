@@ -120,7 +120,7 @@ class Sink(Client):
 def core() -> Dispatcher:
     data = {"limits": {"max_rooms_per_client": 3, "max_room_members": 2}}
     dispatcher = Dispatcher(
-        build_registry(build_settings({}, environ={})),
+        build_registry(build_settings({}, environ={}).plugin_sources()),
         MemoryHub(),
         Clock(lambda: 1_700_000_000.0),
         build_settings(data, environ={}).limits,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from miaws.config import ConfigError, HistoryRoom, build_settings
-from miaws.core.history import MemoryHistory, Position
+from miaws.config import ConfigError, build_settings
+from miaws.core.history import HistoryRoom, MemoryHistory, Position
 
 
 class Clock:

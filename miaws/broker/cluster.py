@@ -10,18 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from miaws.core.errors import BrokerUnavailable
+
 __all__ = ["BrokerUnavailable", "ClusterView", "NodeCounts", "TTL_HEARTBEATS"]
 
 TTL_HEARTBEATS = 3
 """A node whose counts were not refreshed for this many heartbeats is gone."""
-
-
-class BrokerUnavailable(Exception):
-    """The broker (Redis) cannot be reached, so there is no cluster-wide view."""
-
-    def __init__(self, node: str, reason: str) -> None:
-        super().__init__(reason)
-        self.node = node
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ from redis.exceptions import RedisError
 
 from miaws.broker.cluster import TTL_HEARTBEATS, BrokerUnavailable, ClusterView, NodeCounts
 from miaws.broker.redis_history import RedisHistory
-from miaws.config import ConfigError, HistoryRoom, Settings
+from miaws.config import ConfigError, Settings
+from miaws.core.history import HistoryRoom
 from miaws.core.model import Encoded
 from miaws.core.rooms import MemoryHub
 

@@ -32,8 +32,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from miaws.config import HistoryRoom
-from miaws.core.history import Joined, Position, Rules
+from miaws.core.history import HistoryRoom, Joined, Position, Rules
 from miaws.core.model import Client, Encoded
 
 __all__ = ["RedisHistory"]

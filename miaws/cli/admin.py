@@ -13,10 +13,12 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from miaws.core.errors import MiawsError
+
 __all__ = ["AdminError", "base_url", "fetch", "table", "clients_table", "rooms_table"]
 
 
-class AdminError(Exception):
+class AdminError(MiawsError):
     """The server could not be asked; the text is one line for the operator."""
 
 

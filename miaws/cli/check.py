@@ -15,13 +15,15 @@ from typing import Any
 
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from miaws.core.errors import MiawsError
+
 __all__ = ["Peer", "CheckFailed", "SCENARIOS", "run_health", "run_check"]
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 CLIENT_ID = re.compile(r"\d{13,}-[a-z0-9]{6,}\Z")
 
 
-class CheckFailed(AssertionError):
+class CheckFailed(MiawsError, AssertionError):
     """A scenario saw something the contract does not allow."""
 
 

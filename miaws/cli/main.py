@@ -168,7 +168,7 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(config_path(args.config))
-        registry = build_registry(settings)
+        registry = build_registry(settings.plugin_sources())
     except ConfigError as exc:
         print(f"miaws: {exc}", file=sys.stderr)
         return 2

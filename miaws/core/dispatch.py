@@ -20,7 +20,6 @@ from typing import Any
 
 import orjson
 
-from miaws.config import LimitsSettings
 from miaws.core.clock import Clock
 from miaws.core.errors import (
     CloseCode,
@@ -33,7 +32,7 @@ from miaws.core.errors import (
 )
 from miaws.core.model import Client, Outgoing
 from miaws.core.plugins import Registry
-from miaws.core.ratelimit import FLOODING, RateLimiter
+from miaws.core.ratelimit import FLOODING, Limits, MessageLimits, RateLimiter
 from miaws.core.rooms import Hub, room_key, valid_room
 from miaws.core.stats import Stats
 from miaws.transport.auth import room_allowed
@@ -195,20 +194,20 @@ class Dispatcher:
         registry: Registry,
         hub: Hub,
         clock: Clock | None = None,
-        limits: LimitsSettings | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.hub = hub
         self.clock = clock or Clock()
         self.stats: Stats | None = None  # counters behind /metrics (the Service sets them)
         self.registry = registry
-        self.limits = limits or LimitsSettings()
+        self.limits = limits or MessageLimits()
 
     @property
-    def limits(self) -> LimitsSettings:
+    def limits(self) -> Limits:
         return self._limits
 
     @limits.setter
-    def limits(self, limits: LimitsSettings) -> None:
+    def limits(self, limits: Limits) -> None:
         """``limits.*`` for rates and rooms; swapping them takes effect from the next message."""
         self._limits = limits
         self.limiter = RateLimiter.from_settings(limits)

@@ -3,6 +3,11 @@
 Hierarchy::
 
     MiawsError
+    ├── ConfigError             a bad setting, plugin or schema: start-up stops (exit 2) or a
+    │                           reload is refused; the text is one line naming the key
+    ├── AuthError               a client is refused: HTTP 401 before the upgrade, 1008 after
+    ├── BrokerUnavailable       the broker (Redis) cannot be reached: no cluster-wide view
+    ├── ConnectionLost          (miaws.client) the server closed or the connection dropped
     └── MessageError            a message was refused; the client gets an ``error`` reply
         ├── InvalidJSON         code ``invalid-json``: the frame is not JSON
         ├── InvalidMessage      code ``invalid-message``: not an object, no string type, bad id,
@@ -23,6 +28,9 @@ from typing import Any, ClassVar
 
 __all__ = [
     "MiawsError",
+    "ConfigError",
+    "AuthError",
+    "BrokerUnavailable",
     "MessageError",
     "InvalidJSON",
     "InvalidMessage",
@@ -38,6 +46,25 @@ __all__ = [
 
 class MiawsError(Exception):
     """Base of every miaws exception."""
+
+
+class ConfigError(MiawsError):
+    """A configuration problem; its text is one line meant for the operator."""
+
+
+class AuthError(MiawsError):
+    """The client is refused: HTTP 401 before the upgrade, close 1008 after it.
+
+    Its text is short and safe to send to the client (no secrets, no token).
+    """
+
+
+class BrokerUnavailable(MiawsError):
+    """The broker (Redis) cannot be reached, so there is no cluster-wide view."""
+
+    def __init__(self, node: str, reason: str) -> None:
+        super().__init__(reason)
+        self.node = node
 
 
 class MessageError(MiawsError):

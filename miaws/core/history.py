@@ -28,12 +28,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
-from miaws.config import HistoryRoom
-
 if TYPE_CHECKING:
     from miaws.core.model import Client
 
 __all__ = [
+    "HistoryRoom",
     "RoomHistory",
     "SharedHistory",
     "MemoryHistory",
@@ -42,6 +41,16 @@ __all__ = [
     "Rules",
     "history_from_rules",
 ]
+
+
+@dataclass(frozen=True)
+class HistoryRoom:
+    """One history rule (``history.rooms`` in config.yaml): rooms whose name matches the glob
+    keep their last ``size`` messages for ``ttl`` seconds."""
+
+    match: str
+    size: int = 100
+    ttl: float = 300.0
 
 
 class Position:

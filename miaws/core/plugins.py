@@ -25,12 +25,13 @@ from typing import Any
 import pluggy
 from pluggy import HookImpl
 
-from miaws.config import ConfigError, Settings
 from miaws.core import hookspecs
+from miaws.core.errors import ConfigError
 from miaws.core.model import MessageType
 from miaws.core.schemas import Schema, load_schema
 
 __all__ = [
+    "PluginSources",
     "Registry",
     "load_plugins",
     "build_registry",
@@ -39,6 +40,17 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "miaws"
+
+
+@dataclass(frozen=True)
+class PluginSources:
+    """Where plugins and schemas come from and which plugins run (``plugins.*``,
+    ``schemas.path``); ``source`` names the config file in error messages."""
+
+    enabled: Sequence[str]
+    paths: Sequence[str] = ()
+    schemas_path: str | None = None
+    source: str = "defaults"
 
 
 def bundled_plugins_dir() -> Path:
@@ -60,14 +72,14 @@ def _module_from_path(name: str, path: Path) -> ModuleType:
     return module
 
 
-def discover(settings: Settings) -> dict[str, Callable[[], Any]]:
+def discover(sources: PluginSources) -> dict[str, Callable[[], Any]]:
     """Plugin name -> loader, for every plugin that could be enabled.  Nothing is imported."""
     found: dict[str, Callable[[], Any]] = {}
-    directories = [bundled_plugins_dir()] + [Path(p) for p in settings.plugins.paths]
+    directories = [bundled_plugins_dir()] + [Path(p) for p in sources.paths]
     for directory in directories:
         if not directory.is_dir():
             raise ConfigError(
-                f"{settings.source}: plugins.paths has value '{directory}'; "
+                f"{sources.source}: plugins.paths has value '{directory}'; "
                 "expected a directory that exists"
             )
         for path in sorted(directory.glob("*.py")):
@@ -78,21 +90,21 @@ def discover(settings: Settings) -> dict[str, Callable[[], Any]]:
     return found
 
 
-def load_plugins(settings: Settings) -> pluggy.PluginManager:
+def load_plugins(sources: PluginSources) -> pluggy.PluginManager:
     """A plugin manager with exactly the enabled plugins registered and checked."""
     pm = pluggy.PluginManager("miaws")
     pm.add_hookspecs(hookspecs)
-    available = discover(settings)
-    missing = [n for n in settings.plugins.enabled if n not in available]
+    available = discover(sources)
+    missing = [n for n in sources.enabled if n not in available]
     if missing:
         raise ConfigError(
-            f"{settings.source}: plugins.enabled has value '{missing[0]}'; expected "
+            f"{sources.source}: plugins.enabled has value '{missing[0]}'; expected "
             f"the name of an available plugin ({', '.join(sorted(available))})"
         )
     for name in available:
-        if name not in settings.plugins.enabled:
+        if name not in sources.enabled:
             pm.set_blocked(name)
-    for name in settings.plugins.enabled:
+    for name in sources.enabled:
         try:
             plugin = available[name]()
         except ConfigError:
@@ -122,6 +134,18 @@ def _trace(pm: pluggy.PluginManager) -> None:
         pass
 
     pm.add_hookcall_monitoring(before, after)
+
+
+def _per_plugin(pm: pluggy.PluginManager, hook: str) -> list[tuple[HookImpl, Any]]:
+    """Call hook once per implementation, through pluggy (so MIAWS_TRACE_PLUGINS sees each
+    call), keeping which plugin returned what (a plain hook call loses that)."""
+    impls = getattr(pm.hook, hook).get_hookimpls()
+    others = [i.plugin for i in impls]
+    results = []
+    for impl in impls:
+        caller = pm.subset_hook_caller(hook, [p for p in others if p is not impl.plugin])
+        results.append((impl, [item for result in caller() for item in result or []]))
+    return results
 
 
 @dataclass(frozen=True)
@@ -160,20 +184,19 @@ class Registry:
         return out
 
 
-def build_registry(settings: Settings) -> Registry:
+def build_registry(sources: PluginSources) -> Registry:
     """Load plugins, collect their message types and compile every schema."""
-    pm = load_plugins(settings)
-    directories = ([Path(settings.schemas.path)] if settings.schemas.path else []) + [
+    pm = load_plugins(sources)
+    directories = ([Path(sources.schemas_path)] if sources.schemas_path else []) + [
         bundled_schemas_dir()
     ]
-    if settings.schemas.path and not directories[0].is_dir():
+    if sources.schemas_path and not directories[0].is_dir():
         raise ConfigError(
-            f"{settings.source}: schemas.path has value '{settings.schemas.path}'; "
+            f"{sources.source}: schemas.path has value '{sources.schemas_path}'; "
             "expected a directory that exists"
         )
     types: dict[str, BoundType] = {}
-    for impl in pm.hook.register_message_types.get_hookimpls():
-        descriptors: Any = impl.function() or []
+    for impl, descriptors in _per_plugin(pm, "register_message_types"):
         for descriptor in descriptors:
             if not isinstance(descriptor, MessageType):
                 raise ConfigError(

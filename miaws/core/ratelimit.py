@@ -16,14 +16,41 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
-from miaws.config import LimitsSettings
 from miaws.core.errors import RateLimited
 from miaws.core.model import Client
 
-__all__ = ["TokenBucket", "RateLimiter", "FLOODING"]
+__all__ = ["Limits", "MessageLimits", "TokenBucket", "RateLimiter", "FLOODING"]
 
 FLOODING = "rate limit exceeded: flooding"
+
+
+class Limits(Protocol):
+    """The ``limits.*`` the dispatch core reads (config's ``LimitsSettings`` is one)."""
+
+    @property
+    def messages_per_second(self) -> float: ...
+    @property
+    def burst(self) -> int: ...
+    @property
+    def flood_close_after(self) -> int: ...
+    @property
+    def max_rooms_per_client(self) -> int: ...
+    @property
+    def max_room_members(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class MessageLimits:
+    """:class:`Limits` with config's defaults: no rate limit, 1000 rooms per client."""
+
+    messages_per_second: float = 0.0
+    burst: int = 0
+    flood_close_after: int = 100
+    max_rooms_per_client: int = 1000
+    max_room_members: int = 0
 
 
 class TokenBucket:
@@ -55,7 +82,7 @@ class RateLimiter:
         self.now = now
 
     @classmethod
-    def from_settings(cls, limits: LimitsSettings) -> RateLimiter | None:
+    def from_settings(cls, limits: Limits) -> RateLimiter | None:
         """The limiter for ``limits.*``, or None when rate limiting is off."""
         if limits.messages_per_second <= 0:
             return None

@@ -19,7 +19,7 @@ import jsonschema
 import jsonschema_rs
 from jsonschema.exceptions import best_match
 
-from miaws.config import ConfigError
+from miaws.core.errors import ConfigError
 
 __all__ = ["Schema", "load_schema", "find_schema_file"]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from miaws.core.errors import MiawsError
 from miaws.core.rooms import valid_room
 from miaws.ops.httpapi import JSONHandler
 from miaws.ops.reload import reload_config
@@ -17,7 +18,7 @@ __all__ = ["PublishHandler", "ReloadHandler", "publish_payload"]
 PUBLISH_KEYS = {"room", "message"}
 
 
-class BadRequest(ValueError):
+class BadRequest(MiawsError, ValueError):
     """The request body is unusable; the text goes back as the 400 error."""
 
 

@@ -87,7 +87,7 @@ def reload_config(service: Service, app: tornado.web.Application) -> ReloadResul
         live = {k for k in changed if k.split(".")[0] in LIVE_SECTIONS}
         registry = None
         if any(k.startswith(("plugins.", "schemas.")) for k in live):
-            registry = build_registry(fresh)
+            registry = build_registry(fresh.plugin_sources())
             registry.pm.hook.startup(service=service)
     except Exception as exc:  # a ConfigError, or a plugin failing in its startup hook
         error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"

@@ -26,17 +26,11 @@ from typing import Any
 
 import jwt
 
-from miaws.config import ConfigError, Settings
+from miaws.config import Settings
+from miaws.core.errors import AuthError, ConfigError
 from miaws.core.model import Client
 
 __all__ = ["Authenticator", "AuthError", "Identity", "room_allowed", "bearer_token"]
-
-
-class AuthError(Exception):
-    """The client is refused: HTTP 401 before the upgrade, close 1008 after it.
-
-    Its text is short and safe to send to the client (no secrets, no token).
-    """
 
 
 @dataclass(frozen=True)
