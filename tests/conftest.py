@@ -19,9 +19,9 @@ from helpers import ServerProcess
 from rawws import RawWS
 from redis_server import RedisServer
 
-from miaws.app import make_app, make_server
 from miaws.cli.check import Peer
 from miaws.config import Settings, build_settings
+from miaws.server import Server
 from miaws.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,33 +41,33 @@ def settings(config_data: dict[str, Any]) -> Settings:
 
 
 @pytest.fixture
-def service(settings: Settings, io_loop: Any) -> Iterator[Service]:
-    service = Service.from_settings(settings)
-    io_loop.run_sync(service.hub.start)  # the hub's background tasks (none for memory)
-    yield service
-    io_loop.run_sync(service.hub.close)
-
-
-@pytest.fixture
-def app(service: Service, io_loop: Any) -> Iterator[tornado.web.Application]:
-    yield make_app(service)
-    if service.socketio is not None:  # stop Engine.IO's background task before the loop closes
-        io_loop.run_sync(service.socketio.shutdown, timeout=5)
-
-
-@pytest.fixture
-def http_server(
-    app: tornado.web.Application,
-    service: Service,
-    io_loop: Any,
-    http_server_port: tuple[socket.socket, int],
-) -> Iterator[Any]:
-    """pytest-tornasync's fixture, with the server ``miaws serve`` uses."""
-    server = make_server(app, service)
-    server.add_socket(http_server_port[0])
+def miaws_server(
+    settings: Settings, io_loop: Any, http_server_port: tuple[socket.socket, int]
+) -> Iterator[Server]:
+    """The node ``miaws serve`` runs (:class:`miaws.server.Server`), on pytest-tornasync's
+    unused port; stopped at teardown as SIGTERM stops it, without the grace period."""
+    server = Server(settings)
+    io_loop.run_sync(lambda: server.start([http_server_port[0]]))
     yield server
-    server.stop()
-    io_loop.run_sync(server.close_all_connections, timeout=5)
+    io_loop.run_sync(lambda: server.stop(grace=0), timeout=10)
+
+
+@pytest.fixture
+def service(miaws_server: Server) -> Service:
+    assert miaws_server.service is not None
+    return miaws_server.service
+
+
+@pytest.fixture
+def app(miaws_server: Server) -> tornado.web.Application:
+    assert miaws_server.app is not None
+    return miaws_server.app
+
+
+@pytest.fixture
+def http_server(miaws_server: Server) -> Any:
+    """pytest-tornasync's fixture: the node's own HTTP server."""
+    return miaws_server.http
 
 
 @pytest.fixture

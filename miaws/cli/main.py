@@ -50,21 +50,16 @@ def setup_logging(settings: Settings) -> None:
 async def serve(
     settings: Settings, path: Path | None = None, port_override: int | None = None
 ) -> None:
-    from miaws.app import make_app, make_server
-    from miaws.ops.reload import reload_config
-    from miaws.service import Service
+    """Run one node until SIGTERM or SIGINT (SIGHUP reloads the config)."""
+    from miaws.server import Server
 
-    service = Service.from_settings(settings)
-    await service.hub.start()
-    service.config_path, service.port_override = path, port_override
-    app = make_app(service)
-    server = make_server(app, service)
-    server.listen(settings.server.port, address=settings.server.host, backlog=1024)
+    server = Server(settings, config_path=path, port_override=port_override)
+    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_config, service, app)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     log.info(
         "miaws listening on http://%s:%d (WebSocket at %s), plugins: %s",
         settings.server.host,
@@ -73,19 +68,9 @@ async def serve(
         ", ".join(settings.plugins.enabled),
     )
     await stop.wait()
-    log.info("shutting down: closing %d connections with 1001", service.connected_count())
-    service.shutting_down = True
-    server.stop()
-    for client in list(service.hub.clients()):
-        client.close(1001, "server shutting down")
-    for _ in range(40):  # up to 2 s for the close handshakes
-        if service.connected_count() == 0:
-            break
-        await asyncio.sleep(0.05)
-    await server.close_all_connections()
-    if service.socketio is not None:
-        await service.socketio.shutdown()
-    await service.hub.close()
+    assert server.service is not None
+    log.info("shutting down: closing %d connections with 1001", server.service.connected_count())
+    await server.stop(grace=2.0)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -1,0 +1,90 @@
+"""The lifecycle of one miaws node: :class:`Server` ``start()``, ``stop(grace)``, ``reload()``.
+
+``miaws serve`` and the test fixtures both run a node through this object, so what a test
+starts is what an operator runs.  Signals are the command's business (``miaws.cli.main``):
+SIGTERM/SIGINT call :meth:`Server.stop`, SIGHUP :meth:`Server.reload`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+import tornado.web
+
+from miaws.app import make_app, make_server
+from miaws.config import Settings
+from miaws.core.clock import Clock
+from miaws.core.errors import CloseCode
+from miaws.ops.reload import ReloadResult, reload_config
+from miaws.service import Service
+from miaws.transport.upgrade import UpgradeServer
+
+__all__ = ["Server"]
+
+log = logging.getLogger("miaws")
+
+BACKLOG = 1024  # pending connections the kernel queues for accept
+
+
+class Server:
+    """One node: its :class:`Service` (plugins, broker, dispatcher), Tornado application and
+    HTTP server.  ``config_path`` and ``port_override`` are what a reload re-reads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path | None = None,
+        port_override: int | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.port_override = port_override
+        self.clock = clock
+        self.service: Service | None = None
+        self.app: tornado.web.Application | None = None
+        self.http: UpgradeServer | None = None
+
+    async def start(self, sockets: Iterable[socket.socket] | None = None) -> None:
+        """Load plugins and schemas (ConfigError on any problem), start the broker and listen
+        on ``server.host``/``server.port``, or on the given bound sockets (tests)."""
+        service = Service.from_settings(self.settings, self.clock)
+        service.config_path, service.port_override = self.config_path, self.port_override
+        await service.hub.start()
+        self.service = service
+        self.app = make_app(service)
+        self.http = make_server(self.app, service)
+        if sockets is None:
+            s = self.settings.server
+            self.http.listen(s.port, address=s.host, backlog=BACKLOG)
+        else:
+            self.http.add_sockets(list(sockets))
+
+    def reload(self) -> ReloadResult:
+        """Re-read the config file and apply what can change live (:mod:`miaws.ops.reload`)."""
+        assert self.service is not None and self.app is not None, "start() first"
+        return reload_config(self.service, self.app)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop accepting, close every client with 1001, give their close handshakes up to
+        ``grace`` seconds, then end what is left and stop the broker."""
+        service, http = self.service, self.http
+        if service is None or http is None:
+            return
+        service.shutting_down = True
+        http.stop()
+        for client in list(service.hub.clients()):
+            client.close(CloseCode.GOING_AWAY, "server shutting down")
+        deadline = asyncio.get_running_loop().time() + grace
+        while service.connected_count() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await http.close_all_connections()
+        if service.socketio is not None:
+            await service.socketio.shutdown()
+        await service.hub.close()
+        self.service = self.app = self.http = None
