@@ -11,10 +11,7 @@ from miaws import Context, MessageType, hookimpl
 
 def handle_broadcast(ctx: Context, message: dict[str, Any]) -> None:
     payload = {"type": "broadcast", "message": message["message"], "from": ctx.client.client_id}
-    room = message.get("room")
-    if room is not None:
-        payload["room"] = room
-    ctx.broadcast(payload, room)
+    ctx.broadcast(payload, message.get("room"))  # the Context adds "room"
 
 
 @hookimpl

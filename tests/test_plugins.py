@@ -246,3 +246,33 @@ async def test_hook_authorize_message(ws_connect: Connect) -> None:
     reply = await peer.request({"type": "join-room", "room": "secret"})
     expect_error(reply, "forbidden", message="secret rooms are closed")
     expect_type(await peer.request({"type": "join-room", "room": "open"}), "room-joined")
+
+
+NOTICE_PLUGIN = """
+from miaws import MessageType, hookimpl
+
+def handle_notice(ctx, message):
+    ctx.broadcast({"type": "notice", "text": message["text"]}, message["room"])
+
+@hookimpl
+def register_message_types():
+    return [MessageType("notice", handle_notice, schema={"type": "object"})]
+"""
+
+
+async def test_plugin_room_broadcast_names_the_room(tmp_path: Path, server_process: Any) -> None:
+    """Defect 16.8: ctx.broadcast(payload, room) adds "room", as the built-in broadcast's
+    messages have it.  Before the fix a plugin's room broadcast carried no room."""
+    write_plugin(tmp_path / "p", "notice", NOTICE_PLUGIN)
+    config = (
+        f"plugins:\n  enabled: [ping, rooms, notice]\n  paths: [{tmp_path / 'p'}]\n"
+        "server:\n  host: 127.0.0.1\n"
+    )
+    peer = await Peer.connect(server_process(config).url)
+    try:
+        await peer.request({"type": "join-room", "room": "lobby"})
+        await peer.send({"type": "notice", "text": "hi", "room": "lobby"})
+        got = await peer.recv()
+        assert got["room"] == "lobby" and list(got) == ["type", "text", "room", "timestamp"]
+    finally:
+        peer.close()

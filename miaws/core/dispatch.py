@@ -132,11 +132,13 @@ class Context:
         """Send payload to every client of the sender's namespace (room None) or to the
         members of room.
 
-        Adds ``timestamp``.  Raises :class:`NotInRoom` if the sender is not a member.
+        Adds ``room`` (for a room) and ``timestamp``.  Raises :class:`NotInRoom` if the sender
+        is not a member.
         """
         if room is not None:
             self._check_room(room)
             self.require_member(room)
+            payload["room"] = room
             room = room_key(self.client.namespace, room)
         payload.setdefault("timestamp", self.clock.timestamp())
         self.out.append(Outgoing(payload, True, room))
