@@ -30,20 +30,20 @@ def handle_join(ctx: Context, message: dict[str, Any]) -> Awaitable[None] | None
     since = message.get("since")
     missed: list[dict[str, Any]] = []
     history = ctx.hub.history
+    key = room_key(ctx.client.namespace, room)
     if history is not None and isinstance(history, SharedHistory):
-        key = room_key(ctx.client.namespace, room)
         if history.covers(key):
             pending = history.join(
                 ctx.client, key, (since["epoch"], since["seq"]) if since else None
             )
             return join_shared(ctx, pending, reply)
         history = None
-    if history is not None and history.covers(room):
+    if history is not None and history.covers(key):
         if since is not None:
-            found = history.since(room, since["epoch"], since["seq"])
+            found = history.since(key, since["epoch"], since["seq"])
             reply["recovered"] = found is not None
             missed = found or []
-        position = history.position(room)
+        position = history.position(key)
         reply["epoch"] = position.epoch
         reply["seq"] = position.seq
     elif since is not None:

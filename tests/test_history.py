@@ -109,3 +109,12 @@ def test_history_config_is_read() -> None:
     )
     assert s.history.rooms == [HistoryRoom("a*", 100, 300.0), HistoryRoom("b", 5, 2.0)]
     assert build_settings({}).history.rooms == []
+
+
+def test_rules_match_the_room_name_of_a_namespaced_key() -> None:
+    """Rules name rooms as clients do: feed.x of /chat (key /chat#feed.x) is covered, and
+    its history is not that of feed.x in /."""
+    h = MemoryHistory([HistoryRoom("feed.*", 5, 10.0)])
+    assert h.covers("/chat#feed.x") and h.covers("feed.x") and not h.covers("/chat#other")
+    h.append("feed.x", {"n": 1})
+    assert h.position("/chat#feed.x").seq == 0 and h.position("feed.x").seq == 1

@@ -384,3 +384,37 @@ async def test_server_close_reaches_client(
     await eventually(lambda: service.connected_count() == 0)
     lines = [r.getMessage() for r in caplog.records if "disconnected" in r.getMessage()]
     assert "code=1008" in lines[0] and "policy" in lines[0]
+
+
+@pytest.mark.config(
+    {
+        "socketio": {"namespaces": ["/", "/chat"]},
+        "history": {"rooms": [{"match": "feed*", "size": 10, "ttl": 60}]},
+    }
+)
+async def test_room_history_in_another_namespace(
+    sio_connect: SioConnect, ws_connect: Connect
+) -> None:
+    """Defect 14.1: room feed of /chat keeps its own history.  Before the fix a /chat join
+    read the history of / (seq 3 here) and /chat broadcasts were never stamped."""
+    native = await ws_connect()
+    await native.request({"type": "join-room", "room": "feed"})
+    for i in range(3):
+        await native.send({"type": "broadcast", "room": "feed", "message": i})
+    assert [(await native.recv())["seq"] for _ in range(3)] == [1, 2, 3]
+
+    chat = await sio_connect("/chat")
+    _, (event, reply) = await chat.request("join-room", {"room": "feed"})
+    assert event == "room-joined" and reply["seq"] == 0, reply
+    await chat.emit("broadcast", {"message": "c", "room": "feed"})
+    event, got = await chat.recv()
+    assert (event, got["message"], got["room"]) == ("broadcast", "c", "feed")
+    assert (got["epoch"], got["seq"]) == (reply["epoch"], 1)
+
+    late = await sio_connect("/chat")
+    since = {"epoch": reply["epoch"], "seq": 0}
+    _, (event, rejoined) = await late.request("join-room", {"room": "feed", "since": since})
+    assert (event, rejoined["recovered"], rejoined["seq"]) == ("room-joined", True, 1)
+    event, missed = await late.recv()
+    assert (event, missed["message"], missed["seq"]) == ("broadcast", "c", 1)
+    await native.expect_silence(0.1)

@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
+from miaws.core.rooms import split_key
+
 if TYPE_CHECKING:
     from miaws.core.model import Client
 
@@ -113,22 +115,27 @@ class SharedHistory(Protocol):
 
 
 class Rules:
-    """The ``history.rooms`` rules, matched by glob (first match wins), cached per room."""
+    """The ``history.rooms`` rules, matched by glob (first match wins), cached per room key.
+
+    Histories are kept per room key (:func:`~miaws.core.rooms.room_key`: room ``feed`` of the
+    Socket.IO namespace ``/chat`` is ``/chat#feed``), but the rules name rooms as clients do,
+    so a rule is matched against the room name of the key, whatever its namespace."""
 
     def __init__(self, rules: Sequence[HistoryRoom]) -> None:
         self.rules = list(rules)
         self._cache: dict[str, HistoryRoom | None] = {}
 
-    def rule(self, room: str) -> HistoryRoom | None:
-        """The first rule whose glob matches room, or None."""
+    def rule(self, key: str) -> HistoryRoom | None:
+        """The first rule whose glob matches the room of key, or None."""
         try:
-            return self._cache[room]
+            return self._cache[key]
         except KeyError:
             pass
+        room = split_key(key)[1]
         found = next((r for r in self.rules if fnmatch.fnmatchcase(room, r.match)), None)
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[room] = found
+        self._cache[key] = found
         return found
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "valid_room",
     "make_hub",
     "room_key",
+    "split_key",
     "send_to_namespace",
 ]
 
@@ -46,6 +47,12 @@ def room_key(namespace: str, room: str) -> str:
     in a room name, so keys cannot collide).
     """
     return room if namespace == "/" else f"{namespace}#{room}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(namespace, room) of a key made by :func:`room_key`."""
+    namespace, _, room = key.rpartition("#")
+    return namespace or "/", room
 
 
 def send_to_namespace(hub: Hub, namespace: str, payload: dict[str, Any]) -> int:
