@@ -14,7 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from miaws.core.dispatch import Context
+    from miaws.core.context import Context
     from miaws.core.errors import (
         CloseCode,
         ConfigError,
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         RateLimited,
         UnknownType,
     )
+    from miaws.core.history import Joined, Position
     from miaws.core.hookspecs import hookimpl
     from miaws.core.model import Client, MessageType
 
@@ -35,8 +36,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "hookimpl": "miaws.core.hookspecs",
     "MessageType": "miaws.core.model",
-    "Context": "miaws.core.dispatch",
+    "Context": "miaws.core.context",
     "Client": "miaws.core.model",
+    "Joined": "miaws.core.history",
+    "Position": "miaws.core.history",
     "CloseCode": "miaws.core.errors",
     "MiawsError": "miaws.core.errors",
     "ConfigError": "miaws.core.errors",
@@ -54,6 +57,8 @@ __all__ = [  # the same names as _EXPORTS (tests/test_layers.py), spelled out fo
     "MessageType",
     "Context",
     "Client",
+    "Joined",
+    "Position",
     "CloseCode",
     "MiawsError",
     "ConfigError",

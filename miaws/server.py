@@ -55,7 +55,7 @@ class Server:
         on ``server.host``/``server.port``, or on the given bound sockets (tests)."""
         service = Service.from_settings(self.settings, self.clock)
         service.config_path, service.port_override = self.config_path, self.port_override
-        await service.hub.start()
+        await service.broker.start()
         self.service = service
         self.app = make_app(service)
         self.http = make_server(self.app, service)
@@ -78,7 +78,7 @@ class Server:
             return
         service.shutting_down = True
         http.stop()
-        for client in list(service.hub.clients()):
+        for client in list(service.local.clients()):
             client.close(CloseCode.GOING_AWAY, "server shutting down")
         deadline = asyncio.get_running_loop().time() + grace
         while service.connected_count() and asyncio.get_running_loop().time() < deadline:
@@ -86,5 +86,5 @@ class Server:
         await http.close_all_connections()
         if service.socketio is not None:
             await service.socketio.shutdown()
-        await service.hub.close()
+        await service.broker.close()
         self.service = self.app = self.http = None

@@ -1,8 +1,14 @@
-"""The service: settings, plugins, hub and dispatcher of one running server, in one object.
+"""The service: settings, plugins, broker and dispatcher of one running server, in one object.
 
 Transports call :meth:`Service.connect`, :meth:`Service.deliver` and
 :meth:`Service.disconnect`; operators' endpoints read :meth:`connected_count`,
 :meth:`clients_info` and :meth:`rooms_info`.
+
+Every message meant for more than its sender goes one way: :meth:`Service.publish`, which
+hands it to the broker (:mod:`miaws.broker`) and counts its recipients; a client's broadcast
+(through :meth:`deliver`) and the publish API alike.  ``self.local`` is this node's registry
+of clients and rooms (:class:`~miaws.core.registry.LocalRegistry`), which the broker delivers
+to; the Service does not know which broker runs.
 """
 
 from __future__ import annotations
@@ -12,13 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from miaws.broker import Broker, make_broker
 from miaws.config import Settings
 from miaws.core.clock import Clock
 from miaws.core.dispatch import Dispatcher
 from miaws.core.errors import close_meaning
 from miaws.core.model import Client, Outgoing
 from miaws.core.plugins import Registry, build_registry
-from miaws.core.rooms import Hub, make_hub, send_to_namespace
 from miaws.core.stats import Stats
 from miaws.transport.auth import Authenticator
 
@@ -31,18 +37,16 @@ class Service:
     """One miaws server's state.  Build it with :meth:`from_settings`."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, hub: Hub, clock: Clock | None = None
+        self, settings: Settings, registry: Registry, broker: Broker, clock: Clock | None = None
     ) -> None:
         self.settings = settings
-        self.hub = hub
+        self.broker = broker
+        self.local = broker.registry  # this node's clients and rooms
         self.clock = clock or Clock()
-        self.dispatcher = Dispatcher(registry, hub, self.clock, settings.limits)
+        self.dispatcher = Dispatcher(registry, broker, self.clock, settings.limits)
         self.auth = Authenticator(settings)  # ConfigError on bad auth.* settings
         self.started = time.time()
         self.shutting_down = False
-        sio = settings.socketio
-        # With Socket.IO namespaces besides "/", a broadcast to all stays in its namespace.
-        self.namespaced = sio.enabled and set(sio.namespaces) != {"/"}
         self.stats = Stats()  # plain counters behind /metrics
         self.dispatcher.stats = self.stats
         self.socketio: Any = None  # the SocketIOBridge when Socket.IO is enabled
@@ -53,7 +57,7 @@ class Service:
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Service:
         """Load plugins and schemas (ConfigError on any problem) and call ``startup``."""
         service = cls(
-            settings, build_registry(settings.plugin_sources()), make_hub(settings), clock
+            settings, build_registry(settings.plugin_sources()), make_broker(settings), clock
         )
         service.hooks.startup(service=service)
         return service
@@ -77,7 +81,7 @@ class Service:
 
     def connect(self, client: Client) -> None:
         """Register client, send its welcome, tell the plugins."""
-        self.hub.add(client)
+        self.local.add(client)
         self.stats.connected(client.transport)
         client.send(self.welcome(client))
         self.stats.messages_out["welcome"] += 1
@@ -92,9 +96,9 @@ class Service:
             hook(client=client)
 
     def disconnect(self, client: Client, code: int, reason: str = "") -> None:
-        """Remove client from the hub, log one line, tell the plugins."""
+        """Remove client from the registry, log one line, tell the plugins."""
         rooms = sorted(client.rooms)
-        self.hub.remove(client)
+        self.local.remove(client)
         self.stats.disconnected(client.transport, code, reason)
         client.rooms.update(rooms)  # the hook and the log still see where it was
         duration = time.monotonic() - client.started
@@ -127,39 +131,45 @@ class Service:
     def at_capacity(self) -> bool:
         """True when ``limits.max_connections`` is reached: refuse the next client (1013)."""
         limit = self.settings.limits.max_connections
-        return limit > 0 and self.hub.count() >= limit
+        return limit > 0 and self.local.count() >= limit
 
     def new_client_id(self) -> str:
         return self.clock.new_client_id()
 
     # ------------------------------------------------------------ delivery
     def deliver(self, client: Client, outgoing: list[Outgoing]) -> None:
-        """Send what the dispatcher produced: replies to client, broadcasts through the hub."""
-        sent = self.stats.messages_out
+        """Send what the dispatcher produced: replies to client, broadcasts through
+        :meth:`publish` (a broadcast to all stays in the sender's namespace)."""
         for out in outgoing:
             if out.broadcast:
-                if out.room is None and self.namespaced:
-                    n = send_to_namespace(self.hub, client.namespace, out.payload)
-                else:
-                    n = self.hub.group_send(out.room, out.payload)
-                sent[out.payload.get("type", "")] += n
+                self.publish(out.payload, out.room, client.namespace)
             else:
                 client.send(out.payload)
-                sent[out.payload.get("type", "")] += 1
+                self.stats.messages_out[out.payload.get("type", "")] += 1
+
+    def publish(
+        self, payload: dict[str, Any], key: str | None = None, namespace: str | None = None
+    ) -> int:
+        """Send payload to the members of the room key, or (key None) to every client of
+        namespace, or (both None) to every client, on every node; count the recipients of
+        this node in the stats and return them."""
+        n = self.broker.publish(payload, key, namespace)
+        self.stats.messages_out[payload.get("type", "")] += n
+        return n
 
     # ------------------------------------------------------------ registry views
     def connected_count(self) -> int:
-        return self.hub.count()
+        return self.local.count()
 
     def clients_info(self) -> list[dict[str, Any]]:
-        return [c.info() for c in self.hub.clients()]
+        return [c.info() for c in self.local.clients()]
 
     def rooms_info(self) -> dict[str, int]:
-        return self.hub.rooms()
+        return self.local.rooms()
 
     def health(self) -> dict[str, Any]:
         return {
-            "status": self.hub.status(),
+            "status": self.broker.status(),
             "connections": self.connected_count(),
             "rooms": len(self.rooms_info()),
             "uptime": round(time.time() - self.started, 3),

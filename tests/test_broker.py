@@ -1,4 +1,4 @@
-"""The broker settings, the memory hub's cluster answers, and cross-node message encoding."""
+"""The broker settings, the memory broker's cluster answers, and cross-node message encoding."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from miaws.broker import make_broker
 from miaws.broker.redis import RemoteEncoded, redact
 from miaws.config import ConfigError, build_settings
 from miaws.core.model import Encoded
-from miaws.core.rooms import make_hub
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_unparsable_redis_url_is_a_config_error() -> None:
         {"broker": {"type": "redis", "url": "redis://h:port/0"}}, source="test", environ={}
     )
     with pytest.raises(ConfigError) as info:
-        make_hub(settings)
+        make_broker(settings)
     assert str(info.value).startswith("test: broker.url has value 'redis://h:port/0'; Port ")
 
 
@@ -69,7 +69,9 @@ def test_redact_hides_the_password() -> None:
     assert redact("redis://host:6379/0") == "redis://host:6379/0"
 
 
-async def test_memory_hub_has_no_cluster_section(http_server_client: Any, ws_connect: Any) -> None:
+async def test_memory_broker_has_no_cluster_section(
+    http_server_client: Any, ws_connect: Any
+) -> None:
     """With the memory broker, /health keeps its shape and the cluster scope is this process."""
     peer = await ws_connect()
     await peer.request({"type": "join-room", "room": "a"})
@@ -82,3 +84,24 @@ async def test_memory_hub_has_no_cluster_section(http_server_client: Any, ws_con
     assert json.loads(response.body) == {
         "error": "scope has value 'galaxy'; expected local or cluster"
     }
+
+
+def test_the_brokers_never_import_each_other() -> None:
+    """memory.py and redis.py each import only the interface; choosing memory loads no redis."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    broker_dir = Path(__file__).resolve().parent.parent / "miaws" / "broker"
+    for name, other in (("memory", "miaws.broker.redis"), ("redis", "miaws.broker.memory")):
+        tree = ast.parse((broker_dir / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert other not in imported and "miaws.broker.base" in imported, name
+    code = (
+        "import sys; from miaws.config import build_settings; "
+        "from miaws.broker import make_broker; b = make_broker(build_settings({}, environ={})); "
+        "print(type(b).__name__, 'redis' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["MemoryBroker", "False"]

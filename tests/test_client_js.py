@@ -42,7 +42,7 @@ async def open_page(browser: Any, port: int, url: str, backoff: int) -> Any:
 
 def cut(service: Service, client_id: str) -> None:
     """Close the server's side of that client's TCP connection: no close frame."""
-    client = next(c for c in service.hub.clients() if c.client_id == client_id)
+    client = next(c for c in service.local.clients() if c.client_id == client_id)
     assert isinstance(client, NativeClient)
     conn = client.handler.ws_connection
     assert conn is not None and conn.stream is not None
@@ -80,7 +80,7 @@ async def test_browser_client_gets_1000_exactly_once_across_cuts(
                         "window.client.socket && window.client.clientId"
                     )
                 seen.add(client_id)
-                listed = {c.client_id for c in service.hub.clients()}
+                listed = {c.client_id for c in service.local.clients()}
                 assert client_id in listed  # the page saw its welcome, so the server lists it
                 cut(service, client_id)
                 cuts_at.append(publisher.sent)

@@ -1,4 +1,5 @@
-"""The sans-I/O core and the hub, with no socket: deterministic clock and ids."""
+"""The sans-I/O core, the local registry and the memory broker, with no socket: deterministic
+clock and ids."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ from typing import Any
 
 import pytest
 
+from miaws.broker.memory import MemoryBroker
 from miaws.config import build_settings
 from miaws.core.clock import Clock, iso_timestamp
 from miaws.core.dispatch import Dispatcher
 from miaws.core.model import Client, Encoded, Outgoing
 from miaws.core.plugins import build_registry
-from miaws.core.rooms import MemoryHub, valid_room
+from miaws.core.registry import LocalRegistry
+from miaws.core.rooms import valid_room
 
 
 class RecordingClient(Client):
@@ -31,11 +34,11 @@ FIXED = Clock(lambda: 1_700_000_000.5)
 
 
 @pytest.fixture
-def core() -> tuple[Dispatcher, MemoryHub]:
-    hub = MemoryHub()
+def core() -> tuple[Dispatcher, LocalRegistry]:
+    broker = MemoryBroker(LocalRegistry())
     return Dispatcher(
-        build_registry(build_settings({}, environ={}).plugin_sources()), hub, FIXED
-    ), hub
+        build_registry(build_settings({}, environ={}).plugin_sources()), broker, FIXED
+    ), broker.registry
 
 
 def assert_reply(out: Any, **fields: Any) -> dict[str, Any]:
@@ -64,18 +67,18 @@ def test_client_id_shape() -> None:
     assert head == "1700000000500" and len(tail) == 8 and tail.isalnum() and tail.lower() == tail
 
 
-def test_ping_reply_is_deterministic(core: tuple[Dispatcher, MemoryHub]) -> None:
+def test_ping_reply_is_deterministic(core: tuple[Dispatcher, LocalRegistry]) -> None:
     """ping -> pong with the injected clock's time and the id copied."""
     dispatcher, _ = core
     out = dispatcher.handle(RecordingClient("c"), '{"type":"ping","id":42}')
     assert assert_reply(out) == {"type": "pong", "timestamp": "2023-11-14T22:13:20.500Z", "id": 42}
 
 
-def test_broadcast_is_an_outgoing_not_a_send(core: tuple[Dispatcher, MemoryHub]) -> None:
+def test_broadcast_is_an_outgoing_not_a_send(core: tuple[Dispatcher, LocalRegistry]) -> None:
     """The core returns the broadcast as Outgoing; nothing is sent by the core itself."""
-    dispatcher, hub = core
+    dispatcher, registry = core
     a = RecordingClient("a")
-    hub.add(a)
+    registry.add(a)
     out = dispatcher.handle(a, '{"type":"broadcast","message":1}')
     assert out == [
         Outgoing(
@@ -101,27 +104,28 @@ def test_broadcast_is_an_outgoing_not_a_send(core: tuple[Dispatcher, MemoryHub])
         ('{"type":"broadcast","message":1,"room":"r"}', "not-in-room"),
     ],
 )
-def test_error_codes(core: tuple[Dispatcher, MemoryHub], text: str, code: str) -> None:
+def test_error_codes(core: tuple[Dispatcher, LocalRegistry], text: str, code: str) -> None:
     """Each bad input gives its documented error code."""
     dispatcher, _ = core
     assert_error(dispatcher.handle(RecordingClient("c"), text), code)
 
 
-def test_hub_rooms_and_cleanup() -> None:
-    """The hub tracks membership both ways and forgets empty rooms and removed clients."""
-    hub = MemoryHub()
+def test_registry_rooms_and_cleanup() -> None:
+    """The registry tracks membership both ways and forgets empty rooms and removed clients."""
+    registry = LocalRegistry()
     a, b = RecordingClient("a"), RecordingClient("b")
-    hub.add(a)
-    hub.add(b)
-    assert hub.group_add("r", a) and not hub.group_add("r", a)
-    hub.group_add("r", b)
-    hub.group_add("s", b)
-    assert hub.rooms() == {"r": 2, "s": 1} and b.rooms == {"r", "s"}
-    assert hub.group_send("r", {"type": "x"}) == 2 and a.got == b.got == ['{"type":"x"}']
-    hub.remove(b)
-    assert hub.rooms() == {"r": 1} and hub.count() == 1
-    assert not hub.group_discard("r", b) and hub.group_discard("r", a)
-    assert hub.rooms() == {}
+    registry.add(a)
+    registry.add(b)
+    assert registry.group_add("r", a) and not registry.group_add("r", a)
+    registry.group_add("r", b)
+    registry.group_add("s", b)
+    assert registry.rooms() == {"r": 2, "s": 1} and b.rooms == {"r", "s"}
+    assert registry.send_to_room("r", Encoded({"type": "x"})) == 2
+    assert a.got == b.got == ['{"type":"x"}']
+    registry.remove(b)
+    assert registry.rooms() == {"r": 1} and registry.count() == 1
+    assert not registry.group_discard("r", b) and registry.group_discard("r", a)
+    assert registry.rooms() == {}
 
 
 def test_broadcast_serialised_once() -> None:
@@ -132,10 +136,10 @@ def test_broadcast_serialised_once() -> None:
         def deliver(self, message: Encoded) -> None:
             seen.append(message)
 
-    hub = MemoryHub()
+    broker = MemoryBroker(LocalRegistry())
     for i in range(5):
-        hub.add(Keep(str(i)))
-    hub.group_send(None, {"type": "broadcast", "message": "m"})
+        broker.registry.add(Keep(str(i)))
+    broker.publish({"type": "broadcast", "message": "m"}, namespace="/")
     assert len(seen) == 5 and len({id(m) for m in seen}) == 1
 
 

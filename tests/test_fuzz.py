@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rawws import RawWS, client_frame, close_code
 
+from miaws.broker.memory import MemoryBroker
 from miaws.cli.check import TIMESTAMP
 from miaws.config import build_settings
 from miaws.core.clock import Clock
@@ -28,7 +29,7 @@ from miaws.core.errors import ERROR_CODES
 from miaws.core.model import Client, Encoded
 from miaws.core.plugins import build_registry
 from miaws.core.ratelimit import RateLimiter
-from miaws.core.rooms import MemoryHub
+from miaws.core.registry import LocalRegistry
 
 SERVER_TYPES = {"welcome", "pong", "echo", "broadcast", "room-joined", "room-left", "error"}
 CLOSE_CODES = {1003, 1008, 1009, 1013}  # what a client can earn; 1011 would be a bug
@@ -121,7 +122,7 @@ def core() -> Dispatcher:
     data = {"limits": {"max_rooms_per_client": 3, "max_room_members": 2}}
     dispatcher = Dispatcher(
         build_registry(build_settings({}, environ={}).plugin_sources()),
-        MemoryHub(),
+        MemoryBroker(LocalRegistry()),
         Clock(lambda: 1_700_000_000.0),
         build_settings(data, environ={}).limits,
     )
@@ -135,8 +136,9 @@ def core() -> Dispatcher:
 def test_core_any_text_gives_contract_replies(core: Dispatcher, frames: list[str]) -> None:
     """Dispatcher.handle: any text -> contract messages (never an exception); broadcasts and
     closes included, with the rate limiter and room limits on."""
-    hub = core.hub
-    assert isinstance(hub, MemoryHub)
+    broker = core.rooms
+    assert isinstance(broker, MemoryBroker)
+    hub = broker.registry
     client, other = Sink("a"), Sink("b")
     hub.add(client)
     hub.add(other)
@@ -149,7 +151,7 @@ def test_core_any_text_gives_contract_replies(core: Dispatcher, frames: list[str
                 assert encoded.frame.endswith(encoded.text.encode())
                 check_contract(strict_json(encoded.text))
                 if out.broadcast:
-                    hub.group_send(out.room, out.payload)
+                    broker.publish(out.payload, out.room, client.namespace)
                 else:
                     client.send(out.payload)
             assert client.closed in (None, 1008)

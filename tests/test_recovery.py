@@ -218,16 +218,14 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
 async def test_server_side_publish_is_stamped_and_recovered(
     ws_connect: Connect, service: Service
 ) -> None:
-    """Messages published through the hub (as the publish API does) are kept even while the
-    room has no member, and a returning client recovers them."""
+    """Messages published through Service.publish (as the publish API does) are kept even
+    while the room has no member, and a returning client recovers them."""
     sub = await ws_connect()
     start = await sub.request({"type": "join-room", "room": "feed"})
     sub.close()
     await eventually(lambda: service.connected_count() == 0)
     for i in range(3):
-        assert (
-            service.hub.group_send("feed", {"type": "broadcast", "message": i, "room": "feed"}) == 0
-        )
+        assert service.publish({"type": "broadcast", "message": i, "room": "feed"}, "feed") == 0
     again = await ws_connect()
     since = {"epoch": start["epoch"], "seq": 0}
     reply = await again.request({"type": "join-room", "room": "feed", "since": since})

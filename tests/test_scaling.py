@@ -207,14 +207,45 @@ async def test_server_side_publish_reaches_every_node(
     redis_server: RedisServer,
     connect: Connect,
 ) -> None:
-    """hub.group_send (what the publish API calls) reaches clients of this node and others."""
+    """Service.publish (what the publish API calls) reaches clients of this node and others."""
     (other,) = start_nodes(server_process, redis_server, 1)
     here, there = await ws_connect(), await connect(other, "news")
     await here.request({"type": "join-room", "room": "news"})
     event = {"type": "broadcast", "message": {"price": 3}, "room": "news", "timestamp": "t"}
-    assert service.hub.group_send("news", event) == 1  # recipients on this node
+    assert service.publish(event, "news") == 1  # recipients on this node
     assert await here.recv() == event
     assert await there.recv() == event
     everyone = {"type": "notice", "message": "all", "timestamp": "t"}
-    service.hub.group_send(None, everyone)
+    service.publish(everyone)
     assert await here.recv() == everyone and await there.recv() == everyone
+
+
+async def test_broadcast_to_all_in_a_namespace_reaches_every_node(
+    server_process: Start, redis_server: RedisServer, connect: Connect
+) -> None:
+    """Defect 14.2: with namespaces besides /, a broadcast to all reaches the clients of the
+    sender's namespace on every node, and no one else.  Before the fix it stayed on the
+    sender's node."""
+    from sio_helpers import SioPeer
+
+    config = node_config(redis_server) + "socketio:\n  namespaces: ['/', '/chat']\n"
+    n1, n2 = (server_process(config, env={"REDIS_URL": ""}) for _ in range(2))
+    chat1, chat2 = await SioPeer.connect(n1.http, "/chat"), await SioPeer.connect(n2.http, "/chat")
+    root2 = await SioPeer.connect(n2.http, "/")
+    native1, native2 = await connect(n1), await connect(n2)
+    try:
+        await chat1.emit("broadcast", {"message": "chat-all"})
+        for peer in (chat1, chat2):
+            event, got = await peer.recv()
+            assert (event, got["message"]) == ("broadcast", "chat-all")
+        await native1.send({"type": "broadcast", "message": "root-all"})
+        for native in (native1, native2):
+            expect_type(await native.recv(), "broadcast", message="root-all")
+        assert (await root2.recv())[1]["message"] == "root-all"
+        for sio in (chat1, chat2, root2):
+            await sio.expect_silence(0.3)
+        for native in (native1, native2):
+            await native.expect_silence(0.1)
+    finally:
+        for sio in (chat1, chat2, root2):
+            await sio.close()

@@ -378,7 +378,7 @@ async def test_server_close_reaches_client(
     """Client.close() disconnects a Socket.IO client and logs the code it was given."""
     caplog.set_level(logging.INFO, logger="miaws")
     peer = await sio_connect()
-    (client,) = service.hub.clients()
+    (client,) = service.local.clients()
     client.close(1008, "policy")
     await eventually(lambda: not peer.client.connected)
     await eventually(lambda: service.connected_count() == 0)

@@ -174,7 +174,7 @@ async def test_server_close_reaches_node_client(
 ) -> None:
     """Client.close() from the server side disconnects socket.io-client."""
     peer = await node_connect(transport="websocket")
-    (client,) = service.hub.clients()
+    (client,) = service.local.clients()
     client.close(1008, "policy")
     assert (await peer.next_status())["reason"] == "io server disconnect"
     await eventually(lambda: service.connected_count() == 0)

@@ -1,17 +1,18 @@
-"""RedisHub: several miaws nodes sharing broadcasts through Redis pub/sub.
+"""RedisBroker: several miaws nodes sharing broadcasts through Redis pub/sub.
 
-Each node keeps its own clients and rooms exactly as :class:`MemoryHub` does (it is one).
-:meth:`RedisHub.group_send` delivers to this node's members at once, then hands the text it
+Each node keeps its own clients and rooms in its local registry, as with the memory broker.
+:meth:`RedisBroker.publish` delivers to this node's recipients at once, then hands the text it
 has already encoded to a background publisher, which sends it on one channel,
-``{prefix}:messages``, as ``node id \\n room \\n text`` (an empty room means every client).
-A pipeline of PUBLISH commands keeps the order of the sends.  Every other node turns each
-message into one :class:`RemoteEncoded` and delivers it to its own members; the sender's
-node skips its own messages, which it delivered already.  So a message is serialised once
-per node, whatever the number of recipients.
+``{prefix}:messages``, as ``node id \\n target \\n text``.  The target is a room key, or
+``<namespace>#`` for every client of a namespace (room keys never end with ``#``), or empty
+for every client.  A pipeline of PUBLISH commands keeps the order of the sends.  Every other
+node turns each message into one :class:`RemoteEncoded` and delivers it to its own recipients;
+the sender's node skips its own messages, which it delivered already.  So a message is
+serialised once per node, whatever the number of recipients.
 
 Every ``broker.heartbeat`` seconds a node writes its counts to ``{prefix}:node:{id}`` with a
 time to live of three heartbeats (and its id to the set ``{prefix}:nodes``); the cluster
-view reads them back, so a crashed node drops out on its own.
+view reads them back, so a crashed node drops out on its own (after :data:`TTL_HEARTBEATS`).
 
 Rooms with history (``history.rooms``) go another way, described in
 :mod:`miaws.broker.redis_history`: the publisher stamps, keeps and publishes them in one Lua script,
@@ -31,7 +32,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,14 +41,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from miaws.broker.cluster import TTL_HEARTBEATS, BrokerUnavailable, ClusterView, NodeCounts
+from miaws.broker.base import Broker, ClusterView, NodeCounts, no_history
 from miaws.broker.redis_history import RedisHistory
-from miaws.config import ConfigError, Settings
-from miaws.core.history import HistoryRoom
-from miaws.core.model import Encoded
-from miaws.core.rooms import MemoryHub
+from miaws.config import Settings
+from miaws.core.errors import BrokerUnavailable, ConfigError
+from miaws.core.history import HistoryRoom, Joined, Position
+from miaws.core.model import Client, Encoded
+from miaws.core.registry import LocalRegistry
 
-__all__ = ["RedisHub", "RemoteEncoded"]
+__all__ = ["RedisBroker", "RemoteEncoded", "TTL_HEARTBEATS"]
 
 log = logging.getLogger("miaws.broker")
 
@@ -57,6 +59,9 @@ RETRY_FIRST = 0.1  # seconds before the first reconnection attempt
 SOCKET_TIMEOUT = 2.0  # seconds a Redis command (or a connection attempt) may take
 READY_WAIT = 2.0  # seconds start() waits for the first subscription
 BrokerErrors = (RedisError, OSError)
+
+TTL_HEARTBEATS = 3
+"""A node whose counts were not refreshed for this many heartbeats is gone."""
 
 
 class RemoteEncoded(Encoded):
@@ -90,11 +95,19 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class RedisHub(MemoryHub):
-    """A :class:`MemoryHub` whose broadcasts also reach the other nodes through Redis."""
+def _target(key: str | None, namespace: str | None) -> bytes:
+    """The target field of a cross-node message (see the module docstring)."""
+    if key is not None:
+        return key.encode()
+    return b"" if namespace is None else namespace.encode() + b"#"
+
+
+class RedisBroker(Broker):
+    """This node's clients, and through Redis every other node's."""
 
     def __init__(
         self,
+        registry: LocalRegistry,
         url: str,
         *,
         channel_prefix: str = "miaws",
@@ -102,7 +115,7 @@ class RedisHub(MemoryHub):
         node_id: str | None = None,
         history_rules: Sequence[HistoryRoom] = (),
     ) -> None:
-        super().__init__()
+        super().__init__(registry)
         self.url = url
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.heartbeat = heartbeat
@@ -124,7 +137,6 @@ class RedisHub(MemoryHub):
             if history_rules
             else None
         )
-        self.history = self.shared
         # bytes: a PUBLISH as is; (room, JSON): a message to stamp and keep first
         self._outbox: asyncio.Queue[bytes | tuple[str, bytes]] = asyncio.Queue(OUTBOX_MAX)
         self._tasks: list[asyncio.Task[None]] = []
@@ -136,10 +148,11 @@ class RedisHub(MemoryHub):
         self._first_attempt = asyncio.Event()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RedisHub:
+    def from_settings(cls, settings: Settings, registry: LocalRegistry) -> RedisBroker:
         b = settings.broker
         try:
             return cls(
+                registry,
                 b.url,
                 channel_prefix=b.channel_prefix,
                 heartbeat=b.heartbeat,
@@ -151,8 +164,10 @@ class RedisHub(MemoryHub):
             ) from None
 
     # ------------------------------------------------------------ sending
-    def group_send(self, room: str | None, payload: dict[str, Any]) -> int:
-        """Deliver to this node's members now and queue one publish for the other nodes.
+    def publish(
+        self, payload: dict[str, Any], key: str | None = None, namespace: str | None = None
+    ) -> int:
+        """Deliver to this node's recipients now and queue one publish for the other nodes.
 
         Returns the number of recipients on this node.  A message to a room with history is
         delivered (here too) only once Redis has stamped it; while Redis is unreachable it
@@ -160,18 +175,18 @@ class RedisHub(MemoryHub):
         """
         message = Encoded(payload)
         data: bytes | tuple[str, bytes]
-        if room is not None and self.shared is not None and self.shared.covers(room):
+        if key is not None and self.shared is not None and self.shared.covers(key):
             if not self._up:
                 self.dropped += 1
-                return self.send_encoded(room, message)
-            delivered = self.room_size(room)
-            data = (room, message.data)
+                return self._registry.send_to_room(key, message)
+            delivered = self._registry.room_size(key)
+            data = (key, message.data)
         else:
-            delivered = self.send_encoded(room, message)
+            delivered = self._deliver(key, namespace, message)
             if not self._up:
                 self.dropped += 1
                 return delivered
-            data = b"\n".join((self._node_bytes, (room or "").encode(), message.data))
+            data = b"\n".join((self._node_bytes, _target(key, namespace), message.data))
         try:
             self._outbox.put_nowait(data)
         except asyncio.QueueFull:
@@ -238,26 +253,54 @@ class RedisHub(MemoryHub):
             await asyncio.sleep(delay)
             delay = min(delay * 2, max(self.heartbeat, RETRY_FIRST))
 
+    def _deliver(self, key: str | None, namespace: str | None, message: Encoded) -> int:
+        registry = self._registry
+        if key is not None:
+            return registry.send_to_room(key, message)
+        if namespace is not None:
+            return registry.send_to_namespace(namespace, message)
+        return registry.send_to_all(message)
+
     def _receive(self, data: bytes) -> None:
         node, _, rest = data.partition(b"\n")
         if node == self._node_bytes:
             return  # ours: delivered locally when it was sent
         try:
             if not node and self.shared is not None:  # stamped by Redis: everyone delivers
-                room_b, epoch, seq, text = rest.split(b"\n", 3)
-                room = room_b.decode()
+                key_b, epoch, seq, text = rest.split(b"\n", 3)
+                key = key_b.decode()
                 self.shared.deliver(
-                    room, epoch.decode(), int(seq), RemoteEncoded(text), self.members(room)
+                    key, epoch.decode(), int(seq), RemoteEncoded(text), self._registry.members(key)
                 )
                 return
-            room_b, _, text = rest.partition(b"\n")
-            self.send_encoded(room_b.decode() or None, RemoteEncoded(text))
+            target_b, _, text = rest.partition(b"\n")
+            target = target_b.decode()
+            message = RemoteEncoded(text)
+            if not target:
+                self._registry.send_to_all(message)
+            elif target.endswith("#"):
+                self._registry.send_to_namespace(target[:-1], message)
+            else:
+                self._registry.send_to_room(target, message)
         except Exception:  # one bad message (or client) must not stop the subscriber
             log.exception("could not deliver a message from node %r", node)
 
+    # ------------------------------------------------------------ rooms and history
+    def join(
+        self, client: Client, key: str, since: Position | None = None
+    ) -> Joined | Awaitable[Joined]:
+        self._registry.group_add(key, client)
+        shared = self.shared
+        if shared is None or not shared.covers(key):
+            return no_history(since)
+        return shared.join(client, key, since)
+
+    def history_covers(self, key: str) -> bool:
+        return self.shared is not None and self.shared.covers(key)
+
     # ------------------------------------------------------------ counts and health
     async def _write_counts(self) -> None:
-        counts = {"connections": self.count(), "rooms": self.rooms()}
+        counts = {"connections": self._registry.count(), "rooms": self._registry.rooms()}
         ttl_ms = int(self.heartbeat * TTL_HEARTBEATS * 1000)
         pipe = self._redis.pipeline(transaction=True)
         pipe.set(self.key_prefix + self.node_id, json.dumps(counts), px=ttl_ms)
@@ -329,7 +372,7 @@ class RedisHub(MemoryHub):
                 nodes[node_id] = NodeCounts(
                     int(counts["connections"]), {str(k): int(v) for k, v in counts["rooms"].items()}
                 )
-        nodes[self.node_id] = NodeCounts(self.count(), self.rooms())
+        nodes[self.node_id] = NodeCounts(self._registry.count(), self._registry.rooms())
         if gone:
             with contextlib.suppress(*BrokerErrors):
                 await self._redis.srem(self.nodes_key, *gone)

@@ -1,7 +1,7 @@
 """Room history in Redis, shared by every node (``broker.type: redis`` with ``history.rooms``).
 
-Per room (its hub key R) three keys, all expiring ``ttl`` seconds after the room's last
-message or join:
+Per room (its key R, see :mod:`miaws.core.rooms`) three keys, all expiring ``ttl`` seconds
+after the room's last message or join:
 
 - ``{prefix}:hist:{R}:epoch`` - the epoch, a random string chosen when the history starts
   (after the keys expired, or Redis lost them: a new epoch, so old positions never resume);
@@ -83,7 +83,7 @@ return {epoch, seq, entries, now[1], now[2]}
 
 
 class RedisHistory:
-    """The :class:`~miaws.core.history.SharedHistory` of a Redis hub."""
+    """The room history of a :class:`~miaws.broker.redis.RedisBroker`, shared by its nodes."""
 
     def __init__(
         self, rules: Sequence[HistoryRoom], redis: aioredis.Redis, prefix: str, channel: str
@@ -141,7 +141,7 @@ class RedisHistory:
                 buffer.append((epoch, seq, message))
 
     # ------------------------------------------------------------ joining
-    def join(self, client: Client, room: str, since: tuple[str, int] | None) -> Awaitable[Joined]:
+    def join(self, client: Client, room: str, since: Position | None) -> Awaitable[Joined]:
         """Read room's position (and what client missed since ``since``) while holding back
         its live messages; the messages to send after the reply, in order, each once.
 
@@ -155,7 +155,7 @@ class RedisHistory:
         self,
         client: Client,
         room: str,
-        since: tuple[str, int] | None,
+        since: Position | None,
         buffer: list[tuple[str, int, Encoded]],
     ) -> Joined:
         rule = self.rules.rule(room)
@@ -167,8 +167,8 @@ class RedisHistory:
                 [
                     secrets.token_hex(6),
                     _ms(rule.ttl),
-                    since[0] if since else "",
-                    since[1] if since else -1,
+                    since.epoch if since else "",
+                    since.seq if since else -1,
                 ],
             )
             epoch = epoch_b.decode()
@@ -215,10 +215,10 @@ def _payload(message: Encoded) -> dict[str, Any]:
 
 
 def _contiguous(
-    entries: list[Any], since: tuple[str, int], epoch: str, seq: int, oldest_ms: int
+    entries: list[Any], since: Position, epoch: str, seq: int, oldest_ms: int
 ) -> list[dict[str, Any]] | None:
     """The messages after since when the stream still holds all of them, fresh; else None."""
-    s_epoch, s_seq = since
+    s_epoch, s_seq = since.epoch, since.seq
     if s_epoch != epoch or s_seq < 0 or s_seq > seq:
         return None
     if s_seq == seq:

@@ -21,21 +21,19 @@ from typing import Any
 import orjson
 
 from miaws.core.clock import Clock
+from miaws.core.context import Context, Membership
 from miaws.core.errors import (
     CloseCode,
     Forbidden,
     InvalidJSON,
     InvalidMessage,
     MessageError,
-    NotInRoom,
     UnknownType,
 )
 from miaws.core.model import Client, Outgoing
 from miaws.core.plugins import Registry
 from miaws.core.ratelimit import FLOODING, Limits, MessageLimits, RateLimiter
-from miaws.core.rooms import Hub, room_key, valid_room
 from miaws.core.stats import Stats
-from miaws.transport.auth import room_allowed
 
 __all__ = ["Dispatcher", "Context", "valid_id"]
 
@@ -98,107 +96,17 @@ def valid_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class Context:
-    """What a handler gets besides the message: the sender, the hub, and ways to answer."""
-
-    __slots__ = ("client", "hub", "clock", "message_id", "out", "room_limits")
-
-    def __init__(
-        self,
-        client: Client,
-        hub: Hub,
-        clock: Clock,
-        message_id: Any,
-        room_limits: tuple[int, int] = (0, 0),
-    ) -> None:
-        self.client = client
-        self.hub = hub
-        self.clock = clock
-        self.message_id = message_id
-        self.out: list[Outgoing] = []
-        self.room_limits = room_limits  # (max rooms per client, max room members); 0: none
-
-    def timestamp(self) -> str:
-        return self.clock.timestamp()
-
-    def reply(self, payload: dict[str, Any]) -> None:
-        """Send payload to the sender, adding ``timestamp`` and the request's ``id``."""
-        payload.setdefault("timestamp", self.clock.timestamp())
-        if self.message_id is not None:
-            payload["id"] = self.message_id
-        self.out.append(Outgoing(payload))
-
-    def broadcast(self, payload: dict[str, Any], room: str | None = None) -> None:
-        """Send payload to every client of the sender's namespace (room None) or to the
-        members of room.
-
-        Adds ``room`` (for a room) and ``timestamp``.  Raises :class:`NotInRoom` if the sender
-        is not a member.
-        """
-        if room is not None:
-            self._check_room(room)
-            self.require_member(room)
-            payload["room"] = room
-            room = room_key(self.client.namespace, room)
-        payload.setdefault("timestamp", self.clock.timestamp())
-        self.out.append(Outgoing(payload, True, room))
-
-    def require_member(self, room: str) -> None:
-        if not self.hub.is_member(room_key(self.client.namespace, room), self.client):
-            raise NotInRoom(room)
-
-    # Room names are the client's; the hub keys them by namespace (see hub.room_key).
-    def join(self, room: str) -> bool:
-        """Add the sender to room; False if it was a member already.
-
-        Raises :class:`Forbidden` when the client's token does not list the room, or when
-        ``limits.max_rooms_per_client`` or ``limits.max_room_members`` would be exceeded.
-        """
-        self._check_room(room)
-        client = self.client
-        key = room_key(client.namespace, room)
-        if not room_allowed(room, client.allowed_rooms):
-            raise Forbidden(f"Not allowed to join room {room}", {"room": room})
-        max_rooms, max_members = self.room_limits
-        if (max_rooms or max_members) and not self.hub.is_member(key, client):
-            if max_rooms and len(client.rooms) >= max_rooms:
-                raise Forbidden(
-                    f"Room limit reached: at most {max_rooms} rooms per client",
-                    {"room": room, "limit": "limits.max_rooms_per_client", "max": max_rooms},
-                )
-            if max_members and self.hub.room_size(key) >= max_members:
-                raise Forbidden(
-                    f"Room {room} is full: at most {max_members} members",
-                    {"room": room, "limit": "limits.max_room_members", "max": max_members},
-                )
-        return self.hub.group_add(key, client)
-
-    def leave(self, room: str) -> None:
-        """Take the sender out of room; raises :class:`NotInRoom` if it was not a member."""
-        self._check_room(room)
-        if not self.hub.group_discard(room_key(self.client.namespace, room), self.client):
-            raise NotInRoom(room)
-
-    @staticmethod
-    def _check_room(room: str) -> None:
-        if not valid_room(room):
-            raise InvalidMessage(
-                f"Invalid room name: {room!r}",
-                {"path": "/room", "reason": "must be 1-64 characters of [A-Za-z0-9_.:-]"},
-            )
-
-
 class Dispatcher:
     """Turns client messages into outgoing messages; see the module docstring."""
 
     def __init__(
         self,
         registry: Registry,
-        hub: Hub,
+        rooms: Membership,
         clock: Clock | None = None,
         limits: Limits | None = None,
     ) -> None:
-        self.hub = hub
+        self.rooms = rooms  # the broker: joins and leaves, and the local registry
         self.clock = clock or Clock()
         self.stats: Stats | None = None  # counters behind /metrics (the Service sets them)
         self.registry = registry
@@ -297,7 +205,7 @@ class Dispatcher:
                 verdict = self._authorize(client=client, message=message)
                 if verdict is False:
                     raise Forbidden(f"Not allowed: {kind}")
-            ctx = Context(client, self.hub, self.clock, message_id, self._room_limits)
+            ctx = Context(client, self.rooms, self.clock, message_id, self._room_limits)
             stats = self.stats
             started = perf_counter() if stats is not None else 0.0
             result = bound.descriptor.handler(ctx, message)
@@ -307,7 +215,7 @@ class Dispatcher:
                 stats.handled(kind, perf_counter() - started)
             if result is not None:
                 ctx.reply(result)
-            return ctx.out
+            return ctx._out
         except MessageError as exc:
             return [self.error(exc, message_id)]
 
@@ -335,4 +243,4 @@ class Dispatcher:
                 self.stats.handled(kind, perf_counter() - started)
         if result is not None:
             ctx.reply(result)
-        return ctx.out
+        return ctx._out

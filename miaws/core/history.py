@@ -4,17 +4,18 @@ A room whose name matches a ``history.rooms`` rule keeps its last ``size`` broad
 ``ttl`` seconds.  Every broadcast to such a room is stamped with ``epoch`` and ``seq``:
 ``seq`` counts the room's messages (1, 2, 3, ...) and ``epoch`` names the history the
 count belongs to.  A new epoch starts whenever the history is lost: a restart of the
-in-memory hub, or a room left untouched (no message, no join) for longer than its
+in-memory broker, or a room left untouched (no message, no join) for longer than its
 ``ttl`` (its counter is dropped with its last message).  A position ``(epoch, seq)``
 from another epoch can therefore never be resumed, only reported as lost.
 
-:class:`RoomHistory` is what the hub and the ``join-room`` handler need; the in-memory
-:class:`MemoryHistory` serves one process.  A shared backend (Redis streams) implements the
-same four methods.  Everything here runs synchronously on the event loop, so stamping a
-broadcast and reading the history while joining a room cannot interleave.
+:class:`RoomHistory` is the interface a broker uses to stamp broadcasts and answer joins
+synchronously; :class:`MemoryHistory` is the in-memory one (the memory broker's).  Everything
+here runs synchronously on the event loop, so stamping a broadcast and reading the history
+while joining a room cannot interleave.  A history shared by several nodes (Redis streams,
+:mod:`miaws.broker.redis_history`) is stamped by the broker and read asynchronously; it is the
+Redis broker's own business.  What a join found travels as :class:`Joined` either way.
 
-:class:`SharedHistory` is the other kind: a history several nodes share (Redis streams, see
-:mod:`miaws.broker.redis_history`), stamped by the broker and read asynchronously.
+Histories are kept per room *key* (see :mod:`miaws.core.rooms`); the rules match room names.
 """
 
 from __future__ import annotations
@@ -24,19 +25,15 @@ import itertools
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol
 
 from miaws.core.rooms import split_key
-
-if TYPE_CHECKING:
-    from miaws.core.model import Client
 
 __all__ = [
     "HistoryRoom",
     "RoomHistory",
-    "SharedHistory",
     "MemoryHistory",
     "Position",
     "Joined",
@@ -72,7 +69,7 @@ class Position:
 
 
 class RoomHistory(Protocol):
-    """What the hub and the rooms plugin need of a history backend."""
+    """What the memory broker needs of a history: stamp and keep, position, since."""
 
     def covers(self, room: str) -> bool:
         """True if room matches a history rule (its broadcasts are stamped and kept)."""
@@ -94,24 +91,18 @@ class RoomHistory(Protocol):
 
 
 class Joined(NamedTuple):
-    """What a join to a room of a :class:`SharedHistory` found."""
+    """What joining a room found (``ctx.join(room, since=...)``).
 
-    position: Position | None  # None: the history could not be read (broker down)
-    recovered: bool | None  # None: the join had no ``since``
-    messages: list[dict[str, Any]]  # to send after the reply, in order
+    ``position``: the room's history position, or None when the room keeps no history (or it
+    could not be read: the broker is down).  ``recovered``: None for a join without ``since``;
+    else whether every message after ``since`` is in ``messages``.  ``messages``: what to send
+    the joining client after the reply, in order, each once (the missed messages, and with a
+    shared history the live ones held back while it was read).
+    """
 
-
-@runtime_checkable
-class SharedHistory(Protocol):
-    """A history shared by several nodes: the broker stamps, joins read asynchronously."""
-
-    def covers(self, room: str) -> bool: ...
-
-    def join(self, client: Client, room: str, since: tuple[str, int] | None) -> Awaitable[Joined]:
-        """Position of room, whether ``since`` was recovered, and the messages to send the
-        joining client (missed ones, then live ones held back meanwhile), each once.  The
-        room's live messages for client are held back from the call on."""
-        ...
+    position: Position | None
+    recovered: bool | None
+    messages: list[dict[str, Any]]
 
 
 class Rules:

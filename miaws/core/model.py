@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 
 if TYPE_CHECKING:
-    from miaws.core.dispatch import Context
+    from miaws.core.context import Context
     from miaws.core.ratelimit import TokenBucket
 
 __all__ = [
@@ -34,7 +34,7 @@ class MessageType:
     """What a plugin returns from ``register_message_types``: one client message type.
 
     :param type: the ``type`` string clients send (case-sensitive).
-    :param handler: ``handler(ctx, message)``; see :class:`miaws.core.dispatch.Context`.
+    :param handler: ``handler(ctx, message)``; see :class:`miaws.core.context.Context`.
     :param schema: ``None`` to use ``<type>.json`` from the schema directories, a file name
         to look up there, or an inline JSON Schema dict.
     :param description: one line for documentation and ``/api/plugins``.
@@ -107,7 +107,7 @@ class Outgoing(NamedTuple):
 
     payload: dict[str, Any]
     broadcast: bool = False
-    room: str | None = None  # with broadcast: None means every client
+    room: str | None = None  # with broadcast: the room key; None: every client of the namespace
 
 
 class Client:

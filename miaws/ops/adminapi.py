@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from miaws.core.errors import MiawsError
-from miaws.core.rooms import valid_room
+from miaws.core.rooms import room_key, valid_room
 from miaws.ops.httpapi import JSONHandler
 from miaws.ops.reload import reload_config
 
@@ -58,9 +58,10 @@ class PublishHandler(JSONHandler):
         except BadRequest as exc:
             self.send_json({"error": str(exc)}, 400)
             return
-        recipients = self.service.hub.group_send(room, payload)
-        self.service.stats.messages_out["broadcast"] += recipients
-        self.send_json({"recipients": recipients})
+        # The publish API's rooms are those of the native endpoint (namespace "/"); without a
+        # room it reaches every client of every namespace.
+        key = None if room is None else room_key("/", room)
+        self.send_json({"recipients": self.service.publish(payload, key)})
 
 
 class ReloadHandler(JSONHandler):

@@ -7,7 +7,7 @@ from typing import Any
 
 import tornado.web
 
-from miaws.broker.cluster import BrokerUnavailable
+from miaws.core.errors import BrokerUnavailable
 from miaws.ops.apikeys import api_keys, check_bearer
 from miaws.service import Service
 
@@ -55,7 +55,7 @@ class HealthHandler(JSONHandler):
     async def get(self) -> None:
         body = self.service.health()
         try:
-            view = await self.service.hub.cluster()
+            view = await self.service.broker.cluster()
         except BrokerUnavailable as exc:
             body["status"] = "degraded"
             body["cluster"] = {"node": exc.node, "broker": "down", "error": str(exc)}
@@ -85,7 +85,7 @@ class RoomsHandler(JSONHandler):
             self.send_json({"error": f"scope has value {scope!r}; expected local or cluster"}, 400)
             return
         try:
-            view = await self.service.hub.cluster()
+            view = await self.service.broker.cluster()
         except BrokerUnavailable as exc:
             self.send_json({"error": f"no cluster view: {exc}"}, 503)
             return

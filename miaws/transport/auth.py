@@ -29,6 +29,7 @@ import jwt
 from miaws.config import Settings
 from miaws.core.errors import AuthError, ConfigError
 from miaws.core.model import Client
+from miaws.core.rooms import room_allowed  # the room policy is the core's
 
 __all__ = ["Authenticator", "AuthError", "Identity", "room_allowed", "bearer_token"]
 
@@ -46,13 +47,6 @@ class Identity:
 
 
 ANONYMOUS = Identity()
-
-
-def room_allowed(room: str, allowed: frozenset[str] | None) -> bool:
-    """True if room is listed, or matches a listed ``prefix*`` pattern, or nothing is listed."""
-    if allowed is None or room in allowed:
-        return True
-    return any(p.endswith("*") and room.startswith(p[:-1]) for p in allowed)
 
 
 def bearer_token(authorization: str | None) -> str | None:
