@@ -41,7 +41,7 @@ def startup(service: Any) -> None:
     """Called once when the server has been built, before it accepts connections, and again
     for the new plugin registry when a config reload changes ``plugins`` or ``schemas``.
 
-    :param service: the :class:`miaws.service.Service` (hub, settings, counts).
+    :param service: the :class:`miaws.service.Service` (settings, counts).
     """
 
 
@@ -59,7 +59,7 @@ def client_connected(client: Client) -> None:
 
 @hookspec
 def client_disconnected(client: Client, code: int, reason: str) -> None:
-    """A client disconnected and was removed from the hub.
+    """A client disconnected and was removed from the registry.
 
     :param client: the client, with the rooms it was in still listed in ``client.rooms``.
     :param code: the close code (1000, 1001, 1005, 1006, 1011, ...).
