@@ -153,3 +153,32 @@ def test_valid_room_names(name: str) -> None:
 def test_invalid_room_names(name: Any) -> None:
     """Anything else is not."""
     assert not valid_room(name)
+
+
+def test_context_join_answers_from_the_memory_history_at_once() -> None:
+    """With the memory broker ctx.join returns the Joined itself (no awaitable): the join,
+    the position and the recovered messages come in one step, keyed by namespace."""
+    from miaws import Joined, Position
+    from miaws.core.context import Context
+    from miaws.core.history import HistoryRoom, MemoryHistory
+
+    broker = MemoryBroker(LocalRegistry(), MemoryHistory([HistoryRoom("feed", 10, 60)]))
+    chat = RecordingClient("c")
+    chat.namespace = "/chat"
+    broker.registry.add(chat)
+    ctx = Context(chat, broker, FIXED, None)
+    first = ctx.join("feed")
+    assert isinstance(first, Joined) and first.recovered is None and first.messages == []
+    assert first.position is not None and first.position.seq == 0
+    assert ctx.is_member("feed") and broker.registry.is_member("/chat#feed", chat)
+    assert broker.publish({"type": "b", "n": 1}, "/chat#feed") == 1
+    assert broker.publish({"type": "b", "n": 2}, "feed") == 0  # the room of "/" is another
+    again = ctx.join("feed", since=Position(first.position.epoch, 0))
+    assert isinstance(again, Joined) and again.recovered is True
+    assert [m["n"] for m in again.messages] == [1] and again.position == Position(
+        first.position.epoch, 1
+    )
+    plain = ctx.join("plain", since=Position("e", 3))
+    assert plain == Joined(None, False, [])
+    ctx.leave("feed")
+    assert not ctx.is_member("feed") and broker.registry.rooms() == {"/chat#plain": 1}
