@@ -170,3 +170,38 @@ async def test_python_client_moving_between_nodes_gets_all_exactly_once_in_order
     assert sub.duplicates == 0
     assert len(cuts_at) == 5 and all(0 < n < total for n in cuts_at), cuts_at
     assert sub.connects == 6
+
+
+async def test_a_namespace_has_its_own_shared_history(
+    server_process: Start, redis_server: RedisServer, peers: list[Peer]
+) -> None:
+    """Room feed of /chat keeps its own cluster-wide seq (defect 14.1 on the Redis broker):
+    stamped on one node, recovered on the other, apart from feed of /."""
+    from sio_helpers import SioPeer
+
+    config = (
+        "server:\n  host: 127.0.0.1\n"
+        f"broker:\n  type: redis\n  url: {redis_server.url}\n  heartbeat: 0.5\n"
+        "history:\n  rooms:\n    - {match: 'feed*', size: 100, ttl: 60}\n"
+        "socketio:\n  namespaces: ['/', '/chat']\n"
+    )
+    a, b = (server_process(config, env={"REDIS_URL": ""}) for _ in range(2))
+    native = await open_peer(peers, a, "feed")
+    await publish(native, range(3))
+    assert [(await native.recv())["seq"] for _ in range(3)] == [1, 2, 3]
+    chat_a, chat_b = await SioPeer.connect(a.http, "/chat"), await SioPeer.connect(b.http, "/chat")
+    try:
+        _, (_, joined) = await chat_a.request("join-room", {"room": "feed"})
+        assert joined["seq"] == 0
+        await chat_a.emit("broadcast", {"message": "c", "room": "feed"})
+        _, got = await chat_a.recv()
+        assert (got["message"], got["epoch"], got["seq"]) == ("c", joined["epoch"], 1)
+        since = {"epoch": joined["epoch"], "seq": 0}
+        _, (_, again) = await chat_b.request("join-room", {"room": "feed", "since": since})
+        assert (again["recovered"], again["seq"]) == (True, 1)
+        _, missed = await chat_b.recv()
+        assert (missed["message"], missed["seq"]) == ("c", 1)
+        await native.expect_silence(0.2)
+    finally:
+        await chat_a.close()
+        await chat_b.close()

@@ -9,7 +9,7 @@ after the room's last message or join:
 - ``{prefix}:hist:{R}`` - a stream of the last ``size`` messages; entry id ``{seq}-0``,
   fields ``m`` (the stamped JSON text) and ``t`` (Redis time in ms, for the ``ttl``).
 
-A broadcast to such a room is not delivered by the sending node at once: the hub's ordered
+A broadcast to such a room is not delivered by the sending node at once: the broker's ordered
 publisher runs :data:`APPEND` (one Lua script, so atomic): it stamps the text with epoch and
 seq, adds it to the stream and PUBLISHes it.  Every node, the sender's included, delivers it
 when it comes back from pub/sub, so every node delivers a room's messages in seq order.
