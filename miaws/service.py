@@ -22,8 +22,8 @@ from miaws.broker import Broker, make_broker
 from miaws.config import Settings
 from miaws.core.clock import Clock
 from miaws.core.dispatch import Dispatcher
-from miaws.core.errors import close_meaning
-from miaws.core.model import Client, Outgoing
+from miaws.core.errors import CloseCode, close_meaning
+from miaws.core.model import Client, Closed, Outgoing
 from miaws.core.plugins import Registry, build_registry
 from miaws.core.stats import Stats
 from miaws.transport.auth import Authenticator
@@ -95,15 +95,17 @@ class Service:
         if hook.get_hookimpls():  # none listening: skip pluggy's call (~2 µs a connection)
             hook(client=client)
 
-    def disconnect(self, client: Client, code: int, reason: str = "") -> None:
-        """Remove client from the registry, log one line, tell the plugins."""
+    def disconnect(self, client: Client, closed: Closed) -> None:
+        """Remove client from the registry, log one line (a warning when it was dead or a
+        handler failed), count it, tell the plugins."""
+        code, reason, dead = closed
         rooms = sorted(client.rooms)
         self.local.remove(client)
-        self.stats.disconnected(client.transport, code, reason)
+        self.stats.disconnected(client.transport, code, dead)
         client.rooms.update(rooms)  # the hook and the log still see where it was
         duration = time.monotonic() - client.started
         note = f" {reason}" if reason else ""
-        level = logging.WARNING if reason.startswith("dead") or code == 1011 else logging.INFO
+        level = logging.WARNING if dead or code == CloseCode.INTERNAL_ERROR else logging.INFO
         log.log(
             level,
             "client disconnected clientId=%s transport=%s code=%d (%s)%s duration=%.1fs rooms=[%s]",

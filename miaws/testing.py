@@ -29,7 +29,7 @@ from typing import Any
 from miaws.config import BUILTIN_PLUGINS, build_settings
 from miaws.core.clock import Clock
 from miaws.core.errors import CloseCode
-from miaws.core.model import Client, Encoded, Outgoing
+from miaws.core.model import Client, Closed, Encoded, Outgoing
 from miaws.service import Service
 
 __all__ = ["PluginHarness", "RecordingClient"]
@@ -124,4 +124,4 @@ class PluginHarness:
             client.closed = (code, reason)
         if client.connected:
             client.connected = False
-            self.service.disconnect(client, code, reason)
+            self.service.disconnect(client, Closed(code, reason))

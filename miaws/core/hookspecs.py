@@ -63,7 +63,8 @@ def client_disconnected(client: Client, code: int, reason: str) -> None:
 
     :param client: the client, with the rooms it was in still listed in ``client.rooms``.
     :param code: the close code (1000, 1001, 1005, 1006, 1011, ...).
-    :param reason: a short description (``"dead: missed heartbeat"``, a close reason, ...).
+    :param reason: a short description (``"dead: missed heartbeat"``, a close reason, ...);
+        for display only: miaws itself never parses it.
     """
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "Client",
     "Outgoing",
     "Encoded",
+    "Closed",
     "encode_json",
     "encode_json_bytes",
 ]
@@ -108,6 +109,20 @@ class Outgoing(NamedTuple):
     payload: dict[str, Any]
     broadcast: bool = False
     room: str | None = None  # with broadcast: the room key; None: every client of the namespace
+
+
+class Closed(NamedTuple):
+    """How a connection ended, as the transport saw it: the one value that becomes the
+    disconnect log line, the ``miaws_disconnects_total`` and ``miaws_heartbeat_drops_total``
+    metrics and the ``client_disconnected(client, code, reason)`` hook.
+
+    ``dead`` is True when the peer stopped answering the heartbeat (no close handshake:
+    ``code`` is then 1006); it is data, so nothing parses ``reason`` to find it.
+    """
+
+    code: int  # the WebSocket close code sent, received (1005 if none) or 1006 (lost)
+    reason: str = ""  # a short description for the log and the hook
+    dead: bool = False  # dropped for a missed heartbeat
 
 
 class Client:

@@ -82,9 +82,10 @@ class Stats:
     def connected(self, transport: str) -> None:
         self.connects[transport] += 1
 
-    def disconnected(self, transport: str, code: int, reason: str) -> None:
+    def disconnected(self, transport: str, code: int, dead: bool) -> None:
+        """A client of transport ended with code; dead: for a missed heartbeat."""
         self.disconnects[transport, code] += 1
-        if reason.startswith("dead"):
+        if dead:
             self.heartbeat_drops += 1
 
     def handled(self, kind: str, seconds: float) -> None:

@@ -38,7 +38,7 @@ from tornado.util import _websocket_mask  # Tornado's C speedup when it is built
 from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
 
 from miaws.core.errors import CloseCode
-from miaws.core.model import Client, Encoded, Outgoing
+from miaws.core.model import Client, Closed, Encoded, Outgoing
 from miaws.service import Service
 from miaws.transport.auth import AuthError, Identity
 from miaws.transport.origins import origin_allowed
@@ -393,15 +393,16 @@ class MiawsProtocol(WebSocketProtocol13):
                 self._fragmented_message_opcode = opcode  # type: ignore[assignment]
                 self._fragmented_message_buffer = bytearray(payload)
 
-    def ended(self, close_code: int | None) -> tuple[int, str]:
-        """(code, reason) to report for this connection's end."""
+    def ended(self, close_code: int | None) -> Closed:
+        """How this connection ended: what the server sent, what the client's close frame
+        said (1005 if it had no code), dead (missed heartbeat) or lost (1006)."""
         if self.dead:
-            return CloseCode.ABNORMAL_CLOSURE, "dead: missed heartbeat"
+            return Closed(CloseCode.ABNORMAL_CLOSURE, "dead: missed heartbeat", dead=True)
         if self.sent_close is not None:
-            return self.sent_close
+            return Closed(*self.sent_close)
         if self.got_close_frame:
-            return close_code or CloseCode.NO_STATUS_RECEIVED, "closed by client"
-        return CloseCode.ABNORMAL_CLOSURE, "connection lost"
+            return Closed(close_code or CloseCode.NO_STATUS_RECEIVED, "closed by client")
+        return Closed(CloseCode.ABNORMAL_CLOSURE, "connection lost")
 
 
 def corking() -> bool:
@@ -690,5 +691,4 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         client, self.client = self.client, None
         if client is None:
             return
-        code, reason = client.protocol.ended(self.close_code)
-        self.service.disconnect(client, code, reason)
+        self.service.disconnect(client, client.protocol.ended(self.close_code))

@@ -27,7 +27,7 @@ import socketio
 from socketio import packet
 
 from miaws.core.errors import CloseCode
-from miaws.core.model import Client, Encoded, Outgoing
+from miaws.core.model import Client, Closed, Encoded, Outgoing
 from miaws.service import Service
 from miaws.transport.auth import AuthError
 from miaws.transport.origins import origin_allowed
@@ -38,14 +38,14 @@ log = logging.getLogger("miaws")
 
 PATH = r"/socket.io/"
 
-REASON_CODES: dict[str, tuple[int, str]] = {
-    "client disconnect": (CloseCode.NORMAL_CLOSURE, "closed by client"),
-    "server disconnect": (CloseCode.NORMAL_CLOSURE, "closed by server"),
-    "transport close": (CloseCode.NO_STATUS_RECEIVED, "transport closed"),
-    "transport error": (CloseCode.ABNORMAL_CLOSURE, "connection lost: transport error"),
-    "ping timeout": (CloseCode.ABNORMAL_CLOSURE, "dead: missed heartbeat"),
+REASON_CODES: dict[str, Closed] = {
+    "client disconnect": Closed(CloseCode.NORMAL_CLOSURE, "closed by client"),
+    "server disconnect": Closed(CloseCode.NORMAL_CLOSURE, "closed by server"),
+    "transport close": Closed(CloseCode.NO_STATUS_RECEIVED, "transport closed"),
+    "transport error": Closed(CloseCode.ABNORMAL_CLOSURE, "connection lost: transport error"),
+    "ping timeout": Closed(CloseCode.ABNORMAL_CLOSURE, "dead: missed heartbeat", dead=True),
 }
-"""python-socketio's disconnect reason -> (close code, reason) as the disconnect log shows."""
+"""python-socketio's disconnect reason -> how the connection ended, as the log shows it."""
 
 
 class _Server(socketio.AsyncServer):  # type: ignore[misc]
@@ -73,7 +73,7 @@ class SocketIOClient(Client):
         self.bridge = bridge
         self.sid = sid
         self.eio_sid = eio_sid
-        self.closed_with: tuple[int, str] | None = None
+        self.closed_with: Closed | None = None  # how the server closed it
         self.handler: Any = None  # the Tornado handler of a connection opened as WebSocket
 
     def deliver(self, message: Encoded) -> None:
@@ -87,7 +87,7 @@ class SocketIOClient(Client):
     def close(self, code: int, reason: str = "") -> None:
         """Disconnect from the namespace; the disconnect is logged with this code."""
         if self.closed_with is None:
-            self.closed_with = (code, reason)
+            self.closed_with = Closed(code, reason)
             self.bridge.spawn(self.bridge.sio.disconnect(self.sid, namespace=self.namespace))
 
 
@@ -181,7 +181,9 @@ class SocketIOBridge:
         if not queued or queued + size <= cap:
             return False
         if client.closed_with is None:
-            client.closed_with = (CloseCode.TRY_AGAIN_LATER, "slow consumer: too much data queued")
+            client.closed_with = Closed(
+                CloseCode.TRY_AGAIN_LATER, "slow consumer: too much data queued"
+            )
             log.warning(
                 "slow consumer clientId=%s: about %d bytes queued, limits.max_queued_bytes is %d;"
                 " closing with 1013",
@@ -214,7 +216,7 @@ class SocketIOBridge:
         """Drop a connection that sent a malformed packet (logged as 1007 in each namespace)."""
         for client in self.clients.values():
             if client.eio_sid == eio_sid:
-                client.closed_with = (CloseCode.INVALID_PAYLOAD, "invalid Socket.IO packet")
+                client.closed_with = Closed(CloseCode.INVALID_PAYLOAD, "invalid Socket.IO packet")
         socket = self.sio.eio.sockets.get(eio_sid)
         await self.sio.eio.disconnect(eio_sid)
         if socket is not None:
@@ -266,10 +268,8 @@ class SocketIOBridge:
         client = self.clients.pop((namespace, sid), None)
         if client is None:
             return
-        code, text = REASON_CODES.get(reason, (CloseCode.ABNORMAL_CLOSURE, reason))
-        if client.closed_with is not None:
-            code, text = client.closed_with
-        self.service.disconnect(client, code, text)
+        closed = client.closed_with or REASON_CODES.get(reason)
+        self.service.disconnect(client, closed or Closed(CloseCode.ABNORMAL_CLOSURE, reason))
 
     async def on_event(self, event: str, namespace: str, sid: str, *args: Any) -> Any:
         """One event in; the reply (or the broadcast) is the ack's value."""
