@@ -40,15 +40,15 @@ miaws.transport.upgrade:_run
 miaws.transport.native:WebSocketEndpoint.prepare
 tornado.websocket:WebSocketProtocol13._challenge_response
 tornado.web:RequestHandler.finish
-miaws.transport.native:MiawsProtocol.start_pinging
+miaws.transport.protocol:MiawsProtocol.start_pinging
 miaws.transport.native:WebSocketEndpoint.open
 miaws.service:Service.connect
 miaws.transport.native:WebSocketEndpoint._shed
-miaws.transport.native:MiawsProtocol._read_next
+miaws.transport.protocol:MiawsProtocol._read_next
 tornado.platform.asyncio:BaseAsyncIOLoop.add_handler
-miaws.transport.native:MiawsProtocol._on_read
+miaws.transport.protocol:MiawsProtocol._on_read
 miaws.transport.native:WebSocketEndpoint.on_message
-miaws.transport.native:MiawsProtocol._write_out
+miaws.transport.protocol:MiawsProtocol._write_out
 tornado.websocket:WebSocketProtocol13.close
 tornado.iostream:BaseIOStream.close
 miaws.service:Service.disconnect
@@ -97,6 +97,7 @@ def report():
 import miaws.app  # noqa: E402 (imported before wrapping)
 import miaws.service  # noqa: E402
 import miaws.transport.native  # noqa: E402
+import miaws.transport.protocol  # noqa: E402
 import miaws.transport.upgrade  # noqa: E402
 for part in PARTS:
     wrap(part)

@@ -34,7 +34,7 @@ from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 
-from miaws.transport.native import MiawsProtocol, corking, run_corked
+from miaws.transport.protocol import MiawsProtocol, corking, run_corked
 
 __all__ = ["UpgradeServer", "UpgradeConnection", "parse_headers"]
 

@@ -1,0 +1,433 @@
+"""The native endpoint's WebSocket connection: Tornado's RFC 6455 protocol, cheaper per read.
+
+This is the wire side of the native endpoint (the handler and the client, the service side,
+are :mod:`miaws.transport.native`).  Tornado does the protocol work: heartbeat
+(``websocket_ping_interval`` / ``websocket_ping_timeout``; miaws only schedules Tornado's pings
+on loop timers, see :meth:`MiawsProtocol.start_pinging`) and the size limit
+(``websocket_max_message_size``, closed with 1009).  :class:`MiawsProtocol` records who closed
+the connection and how (:meth:`MiawsProtocol.ended`, a :class:`~miaws.core.model.Closed`): the
+code the server sent, the code in the client's close frame (1005 if it had none), or 1006
+when the connection was lost without a close frame.  A client that misses its heartbeat is
+dropped at once and its end is marked dead.
+
+For speed, :class:`MiawsProtocol` also replaces Tornado's frame reader (one ``read_bytes`` per
+header field and payload) with one that parses every complete frame of each read at once, and
+it *corks* writes: frames sent while a read is being handled (replies, broadcasts) are
+collected per connection and written with one ``stream.write`` each when the read is done.
+Reads are driven by future callbacks, each its own turn of the event loop, so after each read
+the other connections get theirs (fair turns).  Everything else - control
+frames, fragmentation, the size limit (1009), UTF-8 checks, closing - stays Tornado's.
+
+Tornado internals used here are declared in :mod:`miaws.transport.tornado_private`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, TypeVar, cast
+
+from tornado.concurrent import Future
+from tornado.ioloop import IOLoop
+from tornado.iostream import SSLIOStream, StreamClosedError
+from tornado.util import _websocket_mask  # Tornado's C speedup when it is built
+from tornado.websocket import WebSocketProtocol13
+
+from miaws.core.errors import CloseCode
+from miaws.core.model import Closed
+
+__all__ = ["MiawsProtocol", "corking", "run_corked", "READ_CHUNK"]
+
+log = logging.getLogger("miaws")
+
+PING_TIMED_OUT = "ping timed out"  # the reason Tornado's periodic_ping closes with
+# The most one read hands the frame reader (read_bytes(partial=True)); every complete frame
+# in it is handled.  A read usually brings what one recv got: the stream's chunk size
+# (miaws.app.READ_CHUNK_SIZE, 8 KiB); more only when bytes were buffered already.
+READ_CHUNK = 65536
+
+# The frames corked per connection while a read is handled; None when no read is being
+# handled.  (Kept here rather than on the protocol: one more attribute would take each
+# protocol's instance dict past CPython's shared-key limit, ~1.3 KiB more per connection.)
+_corked: dict[MiawsProtocol, list[bytes]] | None = None
+_tasks: set[asyncio.Future[Any]] = set()  # see _keep
+_loop = asyncio.get_running_loop
+T = TypeVar("T")
+
+
+class MiawsProtocol(WebSocketProtocol13):
+    """Tornado's RFC 6455 protocol, remembering how the connection ended, with a batching
+    frame reader and corked writes (see the module docstring)."""
+
+    sent_close: tuple[int, str] | None = None
+    got_close_frame = False
+    dead = False
+
+    def send_frame(self, frame: bytes) -> None:
+        """Send a prebuilt frame: corked while a read is handled, else written at once."""
+        corked = _corked
+        if corked is not None:
+            box = corked.get(self)
+            if box is None:
+                corked[self] = [frame]
+            else:
+                box.append(frame)
+            return
+        self.write(frame)
+
+    def write(self, data: bytes) -> Future[None] | None:
+        """Write data to the stream; straight to the socket when nothing is queued.
+
+        Tornado's ``IOStream.write`` makes a Future and a callback per call; when its write
+        buffer is empty (the usual case) a direct ``send`` is equivalent, and whatever the
+        socket does not take goes through ``IOStream.write`` as before.  Returns None when
+        the socket took everything, else IOStream.write's future."""
+        stream = self.stream
+        if not stream._write_buffer and not stream.closed():
+            try:
+                sent = stream.socket.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # IOStream.write meets the error again and closes the stream
+            if sent == len(data):
+                return None
+            data = data[sent:]
+        return stream.write(data)
+
+    def _write_frame(self, fin: bool, opcode: int, data: bytes, flags: int = 0) -> Future[None]:
+        """Tornado's, with the control frames it writes (close, ping, pong) going through
+        :meth:`write`; a server's control frame is two header bytes and the payload."""
+        if not opcode & 0x8 or not fin or flags or self.mask_outgoing or len(data) > 125:
+            return super()._write_frame(fin, opcode, data, flags)  # data, or an error
+        frame = bytes((0x80 | opcode, len(data))) + data
+        self._wire_bytes_out += len(frame)
+        pending = self.write(frame)
+        if pending is None:  # all sent: what Tornado's future would be by now
+            pending = Future()
+            pending.set_result(None)
+        return pending
+
+    def flush(self) -> None:
+        """Write this connection's corked frames now (one write)."""
+        box = _corked.pop(self, None) if _corked is not None else None
+        if box is not None:
+            self._write_out(box)
+
+    def _write_out(self, box: list[bytes]) -> None:
+        stream = self.stream
+        if stream is None or stream.closed():
+            return
+        try:
+            self.write(box[0] if len(box) == 1 else b"".join(box))
+        except StreamClosedError:
+            pass
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        self.flush()  # what was sent before the close frame goes before it
+        if self.sent_close is None and not self.client_terminated:
+            self.sent_close = (code or CloseCode.NORMAL_CLOSURE, reason or "")
+        if reason == PING_TIMED_OUT and not self.dead:
+            # The peer is gone: waiting 5 s for its close frame would only keep it listed.
+            self.dead = True
+            super().close(code, reason)
+            self._abort()
+            return
+        super().close(code, reason)
+
+    lingering = False
+
+    def _abort(self) -> None:
+        self.flush()  # replies to what came before a protocol violation still go out
+        if self.lingering:
+            return  # _linger aborts when done
+        stream = self.stream
+        if (
+            self.sent_close is not None
+            and not self.dead
+            and stream is not None
+            and not stream.closed()
+            and not stream.reading()
+        ):
+            # A close frame is on its way (1009 from Tornado's size check, or ours) and the
+            # frame reader gives up.  Closing now, with client data still unread, would make
+            # the kernel send a reset and the client would lose the close frame; so read and
+            # drop its input until it closes (2 s at most) first.
+            self.lingering = True
+            self.client_terminated = self.server_terminated = True
+            IOLoop.current().spawn_callback(self._linger)
+            return
+        super()._abort()
+
+    async def _linger(self, seconds: float = 2.0) -> None:
+        deadline = IOLoop.current().time() + seconds
+        try:
+            while True:
+                left = deadline - IOLoop.current().time()
+                await asyncio.wait_for(self.stream.read_bytes(READ_CHUNK, partial=True), left)
+        except (StreamClosedError, asyncio.TimeoutError):
+            pass
+        finally:
+            self.lingering = False
+            super()._abort()
+
+    def start_pinging(self) -> None:
+        """Tornado's heartbeat, on loop timers instead of a task per connection.
+
+        Same settings (``websocket_ping_interval`` / ``websocket_ping_timeout``), same frames
+        and the same schedule as Tornado's ``periodic_ping``: a ping every interval, and a
+        close with "ping timed out" when no pong came within the timeout.  One pending
+        ``TimerHandle`` per connection costs ~150 bytes where the task, its two coroutines and
+        their futures cost ~1 KiB.  The handle is kept where Tornado keeps its task, so
+        Tornado's ``close`` cancels it."""
+        if self._ping_coroutine is None and self.ping_interval > 0:
+            self._ping_coroutine = _loop().call_later(self.ping_interval, self._send_ping)  # type: ignore[assignment]
+
+    def _send_ping(self) -> None:
+        self._received_pong = False
+        try:
+            self.write_ping(b"")
+        except StreamClosedError:
+            self._ping_coroutine = None
+            return
+        self._ping_coroutine = _loop().call_later(self.ping_timeout, self._check_pong)  # type: ignore[assignment]
+
+    def _check_pong(self) -> None:
+        self._ping_coroutine = None
+        if self.ping_timeout > 0 and not self._received_pong:
+            self.close(reason=PING_TIMED_OUT)
+            return
+        # The next ping is due an interval after this one was sent, a timeout ago.  (Not
+        # kept as an attribute: one more key in the protocol's instance dict would take it
+        # past CPython's shared-key limit, ~1.3 KiB more per connection.)
+        wait = max(self.ping_interval - self.ping_timeout, 0.0)
+        self._ping_coroutine = _loop().call_later(wait, self._send_ping)  # type: ignore[assignment]
+
+    def _handle_message(self, opcode: int, data: bytes) -> Any:
+        if opcode == 0x8:
+            self.got_close_frame = True
+        return super()._handle_message(opcode, data)
+
+    async def _receive_frame_loop(self) -> None:
+        """Start reading frames and return.
+
+        Tornado awaits this at the end of a chain of five coroutines (``_execute`` → ``get``
+        → ``accept_connection`` → ``_accept_connection``) that would otherwise stay alive as
+        long as the connection.  miaws reads with callbacks instead: each read's future
+        calls :meth:`_on_read`, which handles every complete frame and asks for the next
+        read, so a waiting connection holds no task or coroutine (~2.5 KiB less).  Future
+        callbacks run as their own turns of the event loop, so after each read the other
+        connections get theirs (fair turns)."""
+        if self._decompressor is not None:  # permessage-deflate: Tornado's own reader
+            _keep(asyncio.ensure_future(super()._receive_frame_loop()))
+            return
+        self._read_next()
+
+    _pending: bytearray | None = None  # the start of a frame not complete yet
+    _need = 2  # bytes _pending must hold before parsing is worth trying
+
+    def _read_next(self) -> None:
+        stream = self.stream
+        try:
+            if stream._read_buffer_size or stream.closed() or isinstance(stream, SSLIOStream):
+                # A Future (typed Awaitable by Tornado): done already when bytes were buffered.
+                future = cast("asyncio.Future[bytes]", stream.read_bytes(READ_CHUNK, partial=True))
+            else:
+                # read_bytes would first try a recv, which almost always finds nothing yet
+                # (the peer is still answering what we sent): wait for readiness instead.
+                # (Not for TLS: data decrypted already can wait in the SSL object unseen by
+                # epoll, which is why Tornado tries first.)
+                future = stream._start_read()
+                stream._read_bytes = READ_CHUNK
+                stream._read_partial = True
+                stream._add_io_state(IOLoop.READ)
+        except StreamClosedError:
+            self._abort()
+            self._stopped()
+            return
+        future.add_done_callback(self._on_read)
+
+    def _on_read(self, future: asyncio.Future[bytes]) -> None:
+        try:
+            chunk = future.result()
+        except StreamClosedError:
+            self._abort()
+            self._stopped()
+            return
+        pending = self._pending
+        if pending is not None:
+            pending += chunk
+            if len(pending) < self._need:
+                self._read_next()
+                return
+            self._pending = None
+            chunk = bytes(pending)
+        elif len(chunk) < self._need:
+            self._pending = bytearray(chunk)
+            self._read_next()
+            return
+        self._handle_read(chunk)
+
+    def _handle_read(self, data: bytes, pos: int = 0) -> None:
+        """Handle the frames of data from pos on, then read on or stop."""
+        try:
+            step = run_corked(self._handle_frames, data, pos)
+        except Exception:  # a bug here must not pass silently; Tornado's reader logs too
+            log.exception("frame reader failed; closing the connection")
+            self._abort()
+            step = None
+        if isinstance(step, _Paused):
+            _keep(asyncio.ensure_future(self._resume(step, data)))
+        elif step is None or self.client_terminated:
+            self._stopped()
+        else:
+            need, tail = step
+            # Set only when it changes: each attribute the protocol gains beyond Tornado's
+            # own takes its instance dict past CPython's shared-key limit (~1.3 KiB more).
+            if tail:
+                self._pending = bytearray(tail)
+                self._need = need
+            elif self._need != need:  # no tail: need is 2 again
+                self._need = need
+            self._read_next()
+
+    async def _resume(self, paused: _Paused, data: bytes) -> None:
+        """Wait for an async handler, then go on with the frames after its message."""
+        try:
+            await paused.handled
+        except Exception:
+            pass  # Tornado's _run_callback logs it
+        if self.client_terminated:
+            self._stopped()
+        else:
+            self._handle_read(data, paused.pos)
+
+    def _stopped(self) -> None:
+        """Reading has ended: tell the handler how the connection closed."""
+        self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+
+    def _handle_frames(self, data: bytes, pos: int) -> tuple[int, bytes] | _Paused | None:
+        """Handle every complete frame of data from pos on (corked by :meth:`_handle_read`).
+
+        Returns (bytes needed for the next frame, the unparsed tail); :class:`_Paused` when
+        an async handler must finish before the next frame; or None once the connection is
+        done (aborted, closed or over the size limit)."""
+        end = len(data)
+        while True:
+            if end - pos < 2:
+                return 2, data[pos:]
+            b0, b1 = data[pos], data[pos + 1]
+            length = b1 & 0x7F
+            head = pos + 2
+            if length >= 126:
+                if b0 & 0x08:  # control frames carry at most 125 bytes
+                    self._abort()
+                    return None
+                size = 2 if length == 126 else 8
+                if end - head < size:
+                    return 2 + size, data[pos:]
+                length = int.from_bytes(data[head : head + size], "big")
+                head += size
+            if b0 & self.RSV_MASK:  # an extension we did not negotiate
+                self._abort()
+                return None
+            fragments = self._fragmented_message_buffer
+            total = length + len(fragments) if fragments is not None else length
+            if total > self.params.max_message_size:
+                self.close(1009, "message too big")
+                self._abort()
+                return None
+            stop = head + (4 if b1 & 0x80 else 0) + length
+            if stop > end:
+                return stop - pos, data[pos:]
+            if b1 & 0x80:
+                payload = _websocket_mask(data[head : head + 4], data[head + 4 : stop])
+            else:
+                payload = data[head:stop]
+            pos = stop
+            opcode = b0 & 0x0F
+            if b0 & 0x80:  # FIN
+                if opcode == 0:
+                    if fragments is None:  # nothing to continue
+                        self._abort()
+                        return None
+                    fragments.extend(payload)
+                    opcode = self._fragmented_message_opcode  # type: ignore[assignment]
+                    payload = bytes(fragments)
+                    self._fragmented_message_buffer = None
+                elif fragments is not None and not opcode & 0x08:
+                    self._abort()  # a new message before the last one finished
+                    return None
+                if opcode == 0x1:  # text: the common case, without two layers of calls
+                    try:
+                        text = payload.decode()
+                    except UnicodeDecodeError:
+                        self._abort()
+                        return None
+                    handled = self._run_callback(self.handler.on_message, text)
+                else:
+                    handled = self._handle_message(opcode, payload)
+                if handled is not None:  # an async handler: finish it before the next
+                    return _Paused(handled, pos)
+                if self.client_terminated:
+                    return None
+            elif opcode & 0x08:  # control frames must not be fragmented
+                self._abort()
+                return None
+            elif opcode == 0:
+                if fragments is None:
+                    self._abort()
+                    return None
+                fragments.extend(payload)
+            elif fragments is not None:
+                self._abort()
+                return None
+            else:
+                self._fragmented_message_opcode = opcode  # type: ignore[assignment]
+                self._fragmented_message_buffer = bytearray(payload)
+
+    def ended(self, close_code: int | None) -> Closed:
+        """How this connection ended: what the server sent, what the client's close frame
+        said (1005 if it had no code), dead (missed heartbeat) or lost (1006)."""
+        if self.dead:
+            return Closed(CloseCode.ABNORMAL_CLOSURE, "dead: missed heartbeat", dead=True)
+        if self.sent_close is not None:
+            return Closed(*self.sent_close)
+        if self.got_close_frame:
+            return Closed(close_code or CloseCode.NO_STATUS_RECEIVED, "closed by client")
+        return Closed(CloseCode.ABNORMAL_CLOSURE, "connection lost")
+
+
+def corking() -> bool:
+    """True while frames sent are corked (a read being handled, or :func:`run_corked`)."""
+    return _corked is not None
+
+
+def run_corked(function: Callable[..., T], *args: Any) -> T:
+    """Call function, corking the frames it sends: each connection's leave in one write
+    when it returns (also when it raises)."""
+    global _corked
+    if _corked is not None:  # corked already: the outer scope writes them
+        return function(*args)
+    corked: dict[MiawsProtocol, list[bytes]] = {}
+    _corked = corked
+    try:
+        return function(*args)
+    finally:
+        _corked = None  # frames sent while these are written go out directly
+        for protocol, box in corked.items():
+            protocol._write_out(box)
+
+
+class _Paused(NamedTuple):
+    """Frame handling waits for an async handler; it goes on at ``pos`` when it is done."""
+
+    handled: Awaitable[Any]
+    pos: int
+
+
+def _keep(task: asyncio.Future[Any]) -> None:
+    """Hold a reference to task until it is done (the event loop keeps only weak ones)."""
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
