@@ -26,6 +26,7 @@ from miaws.core.errors import CloseCode, close_meaning
 from miaws.core.model import Client, Closed, Outgoing
 from miaws.core.plugins import Registry, build_registry
 from miaws.core.stats import Stats
+from miaws.transport.admission import Admission
 from miaws.transport.auth import Authenticator
 
 __all__ = ["Service"]
@@ -45,6 +46,7 @@ class Service:
         self.clock = clock or Clock()
         self.dispatcher = Dispatcher(registry, broker, self.clock, settings.limits)
         self.auth = Authenticator(settings)  # ConfigError on bad auth.* settings
+        self.admission = Admission(self)  # the way in and out for every transport
         self.started = time.time()
         self.shutting_down = False
         self.stats = Stats()  # plain counters behind /metrics

@@ -27,8 +27,8 @@ from tornado.websocket import WebSocketProtocol
 from miaws.core.errors import CloseCode
 from miaws.core.model import Client, Encoded, Outgoing
 from miaws.service import Service
-from miaws.transport.auth import AuthError, Identity
-from miaws.transport.origins import origin_allowed
+from miaws.transport.admission import SLOW_CONSUMER, Refused
+from miaws.transport.auth import Identity
 from miaws.transport.protocol import MiawsProtocol
 
 __all__ = ["WebSocketEndpoint", "NativeClient"]
@@ -84,9 +84,9 @@ class NativeClient(Client):
         if self.max_queued:
             # IOStream.write hands bytes to the kernel at once; what stays in _write_buffer
             # is what the peer has not taken (Tornado has no public accessor for its size).
-            # An empty queue takes any frame, so one large message never trips the cap.
+            # Nearly always nothing: the admission path's rule only runs when something is.
             queued = len(stream._write_buffer)
-            if queued and queued + len(frame) > self.max_queued:
+            if queued and self.handler.service.admission.over_queue_cap(queued, len(frame)):
                 self.handler.slow_consumer(queued)
                 return
         try:
@@ -116,21 +116,23 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
     def prepare(self) -> None:
         """Authenticate before the upgrade: a missing or bad token is answered 401."""
         try:
-            self.identity = self.service.auth.identify(
-                self.request.headers, self.request.query_arguments
+            self.identity = self.service.admission.identify(
+                self.request.headers,
+                self.request.query_arguments,
+                remote_ip=self.request.remote_ip or "",
             )
-        except AuthError as exc:
-            log.info("upgrade refused (401) remote=%s: %s", self.request.remote_ip, exc)
-            self.set_status(401)
+        except Refused as exc:
+            self.set_status(exc.status)
             self.set_header("WWW-Authenticate", 'Bearer realm="miaws"')
             self.finish(f"{exc}\n")
 
     def check_origin(self, origin: str) -> bool:
         """Called by Tornado for cross-origin upgrades only; False answers 403."""
-        allowed = origin_allowed(origin, self.service.settings.security.allowed_origins)
-        if not allowed:
-            log.info("upgrade refused (403) remote=%s: origin %r", self.request.remote_ip, origin)
-        return allowed
+        try:
+            self.service.admission.origin(origin, remote_ip=self.request.remote_ip or "")
+        except Refused:
+            return False
+        return True
 
     def _request_summary(self) -> str:
         # Access log lines must not carry the token.  (Tornado builds this summary for every
@@ -163,17 +165,9 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         return protocol
 
     def open(self, *args: str, **kwargs: str) -> None:
-        if self.service.shutting_down:
-            self.close(CloseCode.GOING_AWAY, "server shutting down")
-            return
-        if self.service.at_capacity():
-            log.warning(
-                "connection refused remote=%s: limits.max_connections (%d) reached; closing "
-                "with 1013",
-                self.request.remote_ip,
-                self.service.settings.limits.max_connections,
-            )
-            self.close(CloseCode.TRY_AGAIN_LATER, "server full: try again later")
+        refused = self.service.admission.refusal(self.request.remote_ip or "")
+        if refused is not None:
+            self.close(refused.code, refused.reason)
             return
         if not getattr(self.request.connection, "nodelay", False):
             # Not the short way in (miaws.transport.upgrade), whose socket has TCP_NODELAY from its
@@ -197,8 +191,7 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
             user_agent=self.request.headers.get("User-Agent", ""),
             connected_at=self.service.clock.timestamp(),
         )
-        identity.apply(self.client)
-        self.service.connect(self.client)
+        self.service.admission.admit(self.client, identity)
         self._shed()
 
     def _shed(self) -> None:
@@ -225,28 +218,26 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
             return  # refused already; frames still in flight are ignored
         IOLoop.current().remove_timeout(self._late_timer)
         self._late_timer = None
+        remote_ip = self.request.remote_ip or ""
         try:
-            identity = self.service.auth.identify_late(message)
-        except AuthError as exc:
-            self._refuse(str(exc))
+            identity = self.service.admission.identify_late(message, remote_ip=remote_ip)
+        except Refused as exc:
+            self.close(exc.code, exc.reason)
             return
         self._start(identity)
 
     def _refuse(self, reason: str) -> None:
         self._late_timer = None
-        log.info("connection refused (1008) remote=%s: %s", self.request.remote_ip, reason)
-        self.close(CloseCode.POLICY_VIOLATION, reason[:120])
+        refused = self.service.admission.late_refused(
+            reason, remote_ip=self.request.remote_ip or ""
+        )
+        self.close(refused.code, refused.reason)
 
     def slow_consumer(self, queued: int) -> None:
         """The client stopped reading: close it before its queue grows without bound."""
-        log.warning(
-            "slow consumer clientId=%s: %d bytes queued, limits.max_queued_bytes is %d; "
-            "closing with 1013",
-            self.client.client_id if self.client else "?",
-            queued,
-            self.service.settings.limits.max_queued_bytes,
-        )
-        self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: too much data queued")
+        if self.client is not None:
+            self.service.admission.slow_consumer(self.client, queued)
+        self.close(*SLOW_CONSUMER[:2])
 
     def on_message(self, message: str | bytes) -> Any:
         client = self.client
@@ -258,27 +249,20 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         try:
             result = self.service.dispatcher.handle(client, message)
         except Exception:
-            return self._internal_error()
+            return self.service.admission.handler_failed(client)
         if type(result) is not list and inspect.isawaitable(result):  # an async handler
-            return self._deliver_later(result)
+            return self._deliver_later(client, result)
         self.service.deliver(client, result)
         return None
 
-    async def _deliver_later(self, pending: Any) -> None:
+    async def _deliver_later(self, client: NativeClient, pending: Any) -> None:
         try:
             outgoing: list[Outgoing] = await pending
         except Exception:
-            self._internal_error()
+            self.service.admission.handler_failed(client)
             return
         if self.client is not None:
             self.service.deliver(self.client, outgoing)
-
-    def _internal_error(self) -> None:
-        log.exception(
-            "handler failed for clientId=%s; closing with 1011",
-            self.client.client_id if self.client else "?",
-        )
-        self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def on_close(self) -> None:
         if self._late_timer is not None:
@@ -287,4 +271,4 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         client, self.client = self.client, None
         if client is None:
             return
-        self.service.disconnect(client, client.protocol.ended(self.close_code))
+        self.service.admission.end(client, client.protocol.ended(self.close_code))

@@ -8,7 +8,8 @@ by its ``type``; when the client asked for an ack, the ack gets the reply too (f
 delivery to a room reaches native and Socket.IO members alike; python-socketio's own rooms are
 not used.
 
-Disconnect reasons of Socket.IO are logged through :meth:`Service.disconnect` with these codes
+Connections come in and go out through the admission path (:mod:`miaws.transport.admission`),
+as on /ws.  Disconnect reasons of Socket.IO become these :class:`~miaws.core.model.Closed` codes
 (``docs/socketio.md``): ``client disconnect`` 1000, ``server disconnect`` 1000 (or the code
 given to :meth:`SocketIOClient.close`), ``transport close`` 1005, ``transport error`` and
 ``ping timeout`` 1006 (the latter logged as ``dead``).
@@ -29,8 +30,7 @@ from socketio import packet
 from miaws.core.errors import CloseCode
 from miaws.core.model import Client, Closed, Encoded, Outgoing
 from miaws.service import Service
-from miaws.transport.auth import AuthError
-from miaws.transport.origins import origin_allowed
+from miaws.transport.admission import SLOW_CONSUMER, Refused
 
 __all__ = ["SocketIOBridge", "SocketIOClient", "REASON_CODES"]
 
@@ -118,7 +118,7 @@ class SocketIOBridge:
     def handler(self) -> Any:
         """The Tornado request handler class to mount at :data:`PATH`."""
         base: Any = socketio.get_tornado_handler(self.sio)
-        allowed = self.service.settings.security.allowed_origins
+        admission = self.service.admission
 
         class Handler(base):  # type: ignore[misc]
             def prepare(self) -> Any:
@@ -126,13 +126,12 @@ class SocketIOBridge:
                 # Engine.IO sees the request (same-origin pages are always allowed).
                 origin = self.request.headers.get("Origin")
                 if origin is not None and urlsplit(origin).netloc != self.request.host:
-                    if not origin_allowed(origin, allowed):
-                        log.info(
-                            "Socket.IO refused (403) remote=%s: origin %r",
-                            self.request.remote_ip,
-                            origin,
+                    try:
+                        admission.origin(
+                            origin, remote_ip=self.request.remote_ip or "", endpoint="Socket.IO"
                         )
-                        self.set_status(403)
+                    except Refused as exc:
+                        self.set_status(exc.status)
                         self.finish()
                         return None
                 return super().prepare()
@@ -170,27 +169,19 @@ class SocketIOBridge:
         1013) when what waits for it would pass the cap: Tornado's write buffer of its
         WebSocket plus Engine.IO's packet queue (counted as packets of this size; polling
         clients queue there).  An empty queue takes any packet."""
-        cap = self.service.settings.limits.max_queued_bytes
-        if not cap:
+        admission = self.service.admission
+        if not self.service.settings.limits.max_queued_bytes:
             return False
         socket = self.sio.eio.sockets.get(client.eio_sid)
         queued = socket.queue.qsize() * size if socket is not None else 0
         conn = getattr(client.handler, "ws_connection", None)
         if conn is not None and conn.stream is not None:
             queued += len(conn.stream._write_buffer)  # what the peer has not taken yet
-        if not queued or queued + size <= cap:
+        if not admission.over_queue_cap(queued, size):
             return False
         if client.closed_with is None:
-            client.closed_with = Closed(
-                CloseCode.TRY_AGAIN_LATER, "slow consumer: too much data queued"
-            )
-            log.warning(
-                "slow consumer clientId=%s: about %d bytes queued, limits.max_queued_bytes is %d;"
-                " closing with 1013",
-                client.client_id,
-                queued,
-                cap,
-            )
+            client.closed_with = SLOW_CONSUMER
+            admission.slow_consumer(client, queued, about=True)
             if conn is not None:
                 conn.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
             if socket is not None:
@@ -228,38 +219,38 @@ class SocketIOBridge:
     async def on_connect(
         self, namespace: str, sid: str, environ: dict[str, Any], auth: Any = None
     ) -> bool:
-        if self.service.shutting_down:
-            return False
         if (namespace, sid) in self.clients:
             return True  # a client-sent "connect" event, not a connection
-        # Auth and capacity as on /ws; the token may also come in the Socket.IO auth payload.
-        # There is no late token here: a client without one is refused (connect_error).
+        admission = self.service.admission
+        remote_ip = environ.get("REMOTE_ADDR", "")
+        # The token may also come in the Socket.IO auth payload.  There is no late token
+        # here: a client without one is refused (connect_error).
         token = auth.get("token") if isinstance(auth, dict) else None
         headers = {"Authorization": environ.get("HTTP_AUTHORIZATION", "")}
+        query = parse_qs(environ.get("QUERY_STRING", ""))
         try:
-            identity = self.service.auth.identify(
-                headers, parse_qs(environ.get("QUERY_STRING", "")), extra=token
+            identity = admission.identify(
+                headers, query, remote_ip=remote_ip, extra=token, late_allowed=False
             )
-        except AuthError as exc:
-            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
-        if identity is None:
-            raise socketio.exceptions.ConnectionRefusedError("authentication required: no token")
-        if self.service.at_capacity():
-            raise socketio.exceptions.ConnectionRefusedError("server full: try again later")
+            refused = admission.refusal(remote_ip)
+            if refused is not None:
+                raise refused
+        except Refused as exc:
+            raise socketio.exceptions.ConnectionRefusedError(exc.reason) from None
+        assert identity is not None
         client = SocketIOClient(
             self,
             sid,
             self.sio.manager.eio_sid_from_sid(sid, namespace),
             self.service.new_client_id(),
-            remote_ip=environ.get("REMOTE_ADDR", ""),
+            remote_ip=remote_ip,
             user_agent=environ.get("HTTP_USER_AGENT", ""),
             connected_at=self.service.clock.timestamp(),
             namespace=namespace,
         )
-        identity.apply(client)
         client.handler = environ.get("tornado.handler")
         self.clients[namespace, sid] = client
-        self.service.connect(client)
+        admission.admit(client, identity)
         return True
 
     async def on_disconnect(self, namespace: str, sid: str, reason: str = "") -> None:
@@ -269,7 +260,7 @@ class SocketIOBridge:
         if client is None:
             return
         closed = client.closed_with or REASON_CODES.get(reason)
-        self.service.disconnect(client, closed or Closed(CloseCode.ABNORMAL_CLOSURE, reason))
+        self.service.admission.end(client, closed or Closed(CloseCode.ABNORMAL_CLOSURE, reason))
 
     async def on_event(self, event: str, namespace: str, sid: str, *args: Any) -> Any:
         """One event in; the reply (or the broadcast) is the ack's value."""
@@ -283,8 +274,7 @@ class SocketIOBridge:
             result = self.service.dispatcher.handle_message(client, message)
             outgoing: list[Outgoing] = await result if inspect.isawaitable(result) else result
         except Exception:
-            log.exception("handler failed for clientId=%s; closing with 1011", client.client_id)
-            client.close(CloseCode.INTERNAL_ERROR, "internal error")
+            self.service.admission.handler_failed(client)
             return None
         self.service.deliver(client, outgoing)
         for out in outgoing:

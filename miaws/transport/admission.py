@@ -1,0 +1,171 @@
+"""The one way in (and out) for every transport: :class:`Admission`.
+
+Both endpoints, the native one (:mod:`miaws.transport.native`) and the Socket.IO bridge
+(:mod:`miaws.transport.sio`), run a connection through the same steps, in this order, and only
+translate each answer into their own wire form::
+
+    before the upgrade   admission.origin(origin, ...)        -> Refused(403) or None
+                         admission.identify(headers, query)   -> Identity | None, or Refused(401)
+    at accept            admission.refusal(remote_ip)         -> Refused(1001 | 1013) or None
+                         admission.admit(client, identity)    -> registered, welcomed, hooks told
+    while connected      admission.over_queue_cap(q, size)    -> True: call slow_consumer(...)
+                         admission.handler_failed(client)     -> traceback logged, close 1011
+    at the end           admission.end(client, closed)        -> log line, metrics, hook
+
+A :class:`Refused` carries both answers, ``status`` (the HTTP status before the upgrade) and
+``code`` (the WebSocket close code after it), and a ``reason`` safe to show the client: the
+native endpoint answers 401/403 before the upgrade and closes with 1001/1013 after it; the
+Socket.IO bridge refuses with a ``connect_error`` carrying the reason.
+
+A new accept-time check goes here and nowhere else: a check that needs no identity (a
+connection rate, a per-IP cap, answered HTTP 503 with ``Retry-After`` before the upgrade)
+belongs in a step before :meth:`Admission.identify` and returns a :class:`Refused` with
+``status=503`` and ``retry_after``; state it keeps per connection is released in
+:meth:`Admission.end`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from miaws.core.errors import AuthError, CloseCode, MiawsError
+from miaws.core.model import Client, Closed
+from miaws.transport.auth import Identity
+from miaws.transport.origins import origin_allowed
+
+if TYPE_CHECKING:
+    from miaws.service import Service
+
+__all__ = ["Admission", "Refused", "SLOW_CONSUMER", "INTERNAL_ERROR"]
+
+log = logging.getLogger("miaws")
+
+SLOW_CONSUMER = Closed(CloseCode.TRY_AGAIN_LATER, "slow consumer: too much data queued")
+INTERNAL_ERROR = Closed(CloseCode.INTERNAL_ERROR, "internal error")
+
+
+class Refused(MiawsError):
+    """An admission step said no: ``status`` before the upgrade (HTTP), ``code`` after it
+    (WebSocket close), ``reason`` safe to show the client (the exception's text),
+    ``retry_after`` in seconds when trying again later may help (a 503's ``Retry-After``)."""
+
+    def __init__(
+        self, status: int, code: int, reason: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.code = code
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class Admission:
+    """The admission path of one :class:`~miaws.service.Service` (see the module docstring)."""
+
+    __slots__ = ("service",)
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    # ------------------------------------------------------------ before the upgrade
+    def origin(self, origin: str | None, *, remote_ip: str, endpoint: str = "upgrade") -> None:
+        """``security.allowed_origins``: raise :class:`Refused` (403) for a foreign origin.
+
+        The caller passes only cross-origin requests (the native endpoint: Tornado decides
+        same-origin; Socket.IO: the bridge compares the host); no ``Origin`` is allowed."""
+        if not origin_allowed(origin, self.service.settings.security.allowed_origins):
+            log.info("%s refused (403) remote=%s: origin %r", endpoint, remote_ip, origin)
+            raise Refused(403, CloseCode.POLICY_VIOLATION, "origin not allowed")
+
+    def identify(
+        self,
+        headers: Mapping[str, str],
+        query: Mapping[str, Any],
+        *,
+        remote_ip: str,
+        extra: str | None = None,
+        late_allowed: bool = True,
+    ) -> Identity | None:
+        """Who the client is (``auth.*``); None when no token came and a late one may follow.
+
+        Raises :class:`Refused` (401) for a missing, bad or expired token, or for none at all
+        when ``late_allowed`` is False (a transport without late tokens, Socket.IO)."""
+        auth = self.service.auth
+        try:
+            identity = auth.identify(headers, query, extra=extra)
+        except AuthError as exc:
+            log.info("upgrade refused (401) remote=%s: %s", remote_ip, exc)
+            raise Refused(401, CloseCode.POLICY_VIOLATION, str(exc)) from None
+        if identity is None and not late_allowed:
+            raise Refused(401, CloseCode.POLICY_VIOLATION, "authentication required: no token")
+        return identity
+
+    def identify_late(self, message: str | bytes, *, remote_ip: str) -> Identity:
+        """The first frame of a connection that came without a token (``auth.late_timeout``):
+        its identity, or :class:`Refused` (close 1008)."""
+        try:
+            return self.service.auth.identify_late(message)
+        except AuthError as exc:
+            raise self.late_refused(str(exc), remote_ip=remote_ip) from None
+
+    def late_refused(self, reason: str, *, remote_ip: str) -> Refused:
+        """The refusal of a late token (bad, or none in time), logged: close 1008."""
+        log.info("connection refused (1008) remote=%s: %s", remote_ip, reason)
+        return Refused(401, CloseCode.POLICY_VIOLATION, reason[:120])
+
+    # ------------------------------------------------------------ at accept
+    def refusal(self, remote_ip: str) -> Refused | None:
+        """The accept-time checks: shutting down (1001), ``limits.max_connections`` (1013)."""
+        service = self.service
+        if service.shutting_down:
+            return Refused(503, CloseCode.GOING_AWAY, "server shutting down")
+        if service.at_capacity():
+            log.warning(
+                "connection refused remote=%s: limits.max_connections (%d) reached; closing "
+                "with 1013",
+                remote_ip,
+                service.settings.limits.max_connections,
+            )
+            return Refused(503, CloseCode.TRY_AGAIN_LATER, "server full: try again later")
+        return None
+
+    def admit(self, client: Client, identity: Identity) -> None:
+        """Give client its identity, register it, send its ``welcome``, tell the plugins."""
+        identity.apply(client)
+        self.service.connect(client)
+
+    # ------------------------------------------------------------ while connected
+    def over_queue_cap(self, queued: int, size: int) -> bool:
+        """``limits.max_queued_bytes``: True when a message of size bytes would take what
+        waits for a client (queued bytes) over the cap.  An empty queue takes any message,
+        so one large message never trips it; 0 is no cap."""
+        cap = self.service.settings.limits.max_queued_bytes
+        return bool(cap and queued and queued + size > cap)
+
+    def slow_consumer(self, client: Client, queued: int, *, about: bool = False) -> None:
+        """The client stopped reading: log it, and the caller closes it with
+        :data:`SLOW_CONSUMER` (1013).  ``about``: queued is an estimate."""
+        log.warning(
+            "slow consumer clientId=%s: %s%d bytes queued, limits.max_queued_bytes is %d; "
+            "closing with 1013",
+            client.client_id,
+            "about " if about else "",
+            queued,
+            self.service.settings.limits.max_queued_bytes,
+        )
+
+    def handler_failed(self, client: Client | None) -> None:
+        """A handler raised (call from an ``except`` block): log the traceback, close 1011."""
+        log.exception(
+            "handler failed for clientId=%s; closing with 1011",
+            client.client_id if client else "?",
+        )
+        if client is not None:
+            client.close(*INTERNAL_ERROR[:2])
+
+    # ------------------------------------------------------------ at the end
+    def end(self, client: Client, closed: Closed) -> None:
+        """An admitted client is gone: the disconnect log line, the metrics, the hook."""
+        self.service.disconnect(client, closed)
