@@ -31,11 +31,11 @@ from typing import Any, NamedTuple, TypeVar, cast
 from tornado.concurrent import Future
 from tornado.ioloop import IOLoop
 from tornado.iostream import SSLIOStream, StreamClosedError
-from tornado.util import _websocket_mask  # Tornado's C speedup when it is built
 from tornado.websocket import WebSocketProtocol13
 
 from miaws.core.errors import CloseCode
 from miaws.core.model import Closed
+from miaws.transport.frames import TOO_BIG, parse_frame
 
 __all__ = ["MiawsProtocol", "corking", "run_corked", "READ_CHUNK"]
 
@@ -313,47 +313,25 @@ class MiawsProtocol(WebSocketProtocol13):
         Returns (bytes needed for the next frame, the unparsed tail); :class:`_Paused` when
         an async handler must finish before the next frame; or None once the connection is
         done (aborted, closed or over the size limit)."""
-        end = len(data)
+        limit = self.params.max_message_size
         while True:
-            if end - pos < 2:
-                return 2, data[pos:]
-            b0, b1 = data[pos], data[pos + 1]
-            length = b1 & 0x7F
-            head = pos + 2
-            if length >= 126:
-                if b0 & 0x08:  # control frames carry at most 125 bytes
-                    self._abort()
-                    return None
-                size = 2 if length == 126 else 8
-                if end - head < size:
-                    return 2 + size, data[pos:]
-                length = int.from_bytes(data[head : head + size], "big")
-                head += size
-            if b0 & self.RSV_MASK:  # an extension we did not negotiate
-                self._abort()
-                return None
             fragments = self._fragmented_message_buffer
-            total = length + len(fragments) if fragments is not None else length
-            if total > self.params.max_message_size:
-                self.close(1009, "message too big")
+            frame = parse_frame(data, pos, limit if fragments is None else limit - len(fragments))
+            if type(frame) is int:
+                if frame > 0:  # incomplete: the bytes it needs from pos, and those it has
+                    return frame, data[pos:]
+                if frame == TOO_BIG:
+                    self.close(1009, "message too big")
                 self._abort()
                 return None
-            stop = head + (4 if b1 & 0x80 else 0) + length
-            if stop > end:
-                return stop - pos, data[pos:]
-            if b1 & 0x80:
-                payload = _websocket_mask(data[head : head + 4], data[head + 4 : stop])
-            else:
-                payload = data[head:stop]
-            pos = stop
-            opcode = b0 & 0x0F
-            if b0 & 0x80:  # FIN
+            opcode, fin, payload, pos = frame  # type: ignore[misc]
+            if fin:
                 if opcode == 0:
                     if fragments is None:  # nothing to continue
                         self._abort()
                         return None
                     fragments.extend(payload)
-                    opcode = self._fragmented_message_opcode  # type: ignore[assignment]
+                    opcode = self._fragmented_message_opcode
                     payload = bytes(fragments)
                     self._fragmented_message_buffer = None
                 elif fragments is not None and not opcode & 0x08:
