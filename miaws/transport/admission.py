@@ -87,6 +87,7 @@ class Admission:
         remote_ip: str,
         extra: str | None = None,
         late_allowed: bool = True,
+        endpoint: str = "upgrade",
     ) -> Identity | None:
         """Who the client is (``auth.*``); None when no token came and a late one may follow.
 
@@ -96,7 +97,7 @@ class Admission:
         try:
             identity = auth.identify(headers, query, extra=extra)
         except AuthError as exc:
-            log.info("upgrade refused (401) remote=%s: %s", remote_ip, exc)
+            log.info("%s refused (401) remote=%s: %s", endpoint, remote_ip, exc)
             raise Refused(401, CloseCode.POLICY_VIOLATION, str(exc)) from None
         if identity is None and not late_allowed:
             raise Refused(401, CloseCode.POLICY_VIOLATION, "authentication required: no token")

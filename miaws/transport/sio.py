@@ -230,7 +230,12 @@ class SocketIOBridge:
         query = parse_qs(environ.get("QUERY_STRING", ""))
         try:
             identity = admission.identify(
-                headers, query, remote_ip=remote_ip, extra=token, late_allowed=False
+                headers,
+                query,
+                remote_ip=remote_ip,
+                extra=token,
+                late_allowed=False,
+                endpoint="Socket.IO",
             )
             refused = admission.refusal(remote_ip)
             if refused is not None:
