@@ -55,7 +55,7 @@ def test_declared_name_exists(owner: str, name: str) -> None:
 async def test_tornado_instance_names_exist(ws_connect: Any, service: Service) -> None:
     """On the real objects of a live connection: its stream, protocol and handler."""
     await ws_connect()
-    (client,) = service.hub.clients()
+    (client,) = service.local.clients()
     protocol: Any = client.protocol  # type: ignore[attr-defined]
     a, b = socket.socketpair()
     try:
