@@ -16,7 +16,7 @@ message, the bytes of an incomplete frame) and acts on each frame::
 This shape rather than an object holding the buffer or a generator (as python-websockets'
 ``Frame.parse``): it is the hottest code in the server (every message passes here, at some
 120k messages/s on one core), and one plain call per frame keeps the loop as cheap as the
-inline parser it replaced (measured within the noise of an echo A/B; docs/hot-path.md).
+inline parser it replaced (~1% of a message's server CPU; docs/hot-path.md has the figures).
 
 Checks made here, on the header alone: reserved bits (no extension is negotiated on this
 path: permessage-deflate connections use Tornado's own reader), control frames of more than
