@@ -30,6 +30,7 @@ from miaws.core.model import Client, Encoded
 from miaws.core.plugins import build_registry
 from miaws.core.ratelimit import RateLimiter
 from miaws.core.registry import LocalRegistry
+from miaws.transport.frames import text_frame
 
 SERVER_TYPES = {"welcome", "pong", "echo", "broadcast", "room-joined", "room-left", "error"}
 CLOSE_CODES = {1003, 1008, 1009, 1013}  # what a client can earn; 1011 would be a bug
@@ -110,7 +111,7 @@ class Sink(Client):
         self.closed: int | None = None
 
     def deliver(self, message: Encoded) -> None:
-        message.frame  # noqa: B018 - every message must encode to a frame
+        text_frame(message)  # every message must encode to a frame
         self.got.append(message.text)
 
     def close(self, code: int, reason: str = "") -> None:
@@ -148,7 +149,7 @@ def test_core_any_text_gives_contract_replies(core: Dispatcher, frames: list[str
             assert isinstance(result, list)
             for out in result:
                 encoded = Encoded(out.payload)
-                assert encoded.frame.endswith(encoded.text.encode())
+                assert text_frame(encoded).endswith(encoded.text.encode())
                 check_contract(strict_json(encoded.text))
                 if out.broadcast:
                     broker.publish(out.payload, out.room, client.namespace)

@@ -72,7 +72,7 @@ class RemoteEncoded(Encoded):
     def __init__(self, data: bytes) -> None:  # not Encoded's: the UTF-8 JSON exists already
         self.data = data
         self._text = None
-        self._frame = None
+        self.wire = None
 
     def __getattr__(self, name: str) -> Any:
         # Only reached while the ``payload`` slot is unset.

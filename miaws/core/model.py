@@ -70,15 +70,19 @@ def encode_json(payload: dict[str, Any]) -> str:
 
 
 class Encoded:
-    """A message serialised once, for any number of recipients and transports."""
+    """A message serialised once, for any number of recipients and transports.
 
-    __slots__ = ("payload", "data", "_text", "_frame")
+    ``wire`` is a transport's own encoding of it, kept by that transport on first use so the
+    next recipient gets the same bytes (the native endpoint's WebSocket frame:
+    :func:`miaws.transport.frames.text_frame`); the core never reads it."""
+
+    __slots__ = ("payload", "data", "_text", "wire")
 
     def __init__(self, payload: dict[str, Any]) -> None:
         self.payload = payload
         self.data = encode_json_bytes(payload)  # UTF-8 JSON
         self._text: str | None = None
-        self._frame: bytes | None = None
+        self.wire: bytes | None = None
 
     @property
     def text(self) -> str:
@@ -86,21 +90,6 @@ class Encoded:
         if self._text is None:
             self._text = self.data.decode()
         return self._text
-
-    @property
-    def frame(self) -> bytes:
-        """The unmasked WebSocket text frame (built once, on first use)."""
-        if self._frame is None:
-            data = self.data
-            n = len(data)
-            if n < 126:
-                head = bytes((0x81, n))
-            elif n < 65536:
-                head = bytes((0x81, 126)) + n.to_bytes(2, "big")
-            else:
-                head = bytes((0x81, 127)) + n.to_bytes(8, "big")
-            self._frame = head + data
-        return self._frame
 
 
 class Outgoing(NamedTuple):

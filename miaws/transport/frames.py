@@ -29,7 +29,9 @@ from __future__ import annotations
 
 from tornado.util import _websocket_mask  # Tornado's C speedup when it is built
 
-__all__ = ["parse_frame", "Frame", "TOO_BIG", "PROTOCOL_ERROR", "FIN", "encode_frame"]
+from miaws.core.model import Encoded
+
+__all__ = ["parse_frame", "Frame", "TOO_BIG", "PROTOCOL_ERROR", "FIN", "text_frame", "encode_frame"]
 
 TOO_BIG = -1
 """The frame would take the message over the limit: close 1009."""
@@ -83,11 +85,28 @@ def parse_frame(data: bytes, pos: int, limit: int) -> Frame | int:
     return b0 & 0x0F, b0 & FIN, data[head:stop], stop
 
 
+def text_frame(message: Encoded) -> bytes:
+    """The unmasked text frame of message, built once and kept on it (``Encoded.wire``), so
+    every native recipient of a broadcast gets the same bytes."""
+    frame = message.wire
+    if frame is None:
+        data = message.data
+        n = len(data)
+        if n < 126:
+            head = bytes((0x81, n))
+        elif n < 65536:
+            head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+        else:
+            head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+        frame = message.wire = head + data
+    return frame
+
+
 def encode_frame(
     opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None
 ) -> bytes:
     """One frame as a peer would send it (``mask``: 4 bytes, as a client must).  For tests
-    and tools; the server's own frames are built once per message (``Encoded.frame``)."""
+    and tools; the server's own frames are built once per message (:func:`text_frame`)."""
     n = len(payload)
     if n < 126:
         head = bytes(((FIN if fin else 0) | opcode, (0x80 if mask else 0) | n))

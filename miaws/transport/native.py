@@ -29,6 +29,7 @@ from miaws.core.model import Client, Encoded, Outgoing
 from miaws.service import Service
 from miaws.transport.admission import SLOW_CONSUMER, Refused
 from miaws.transport.auth import Identity
+from miaws.transport.frames import text_frame
 from miaws.transport.protocol import MiawsProtocol
 
 __all__ = ["WebSocketEndpoint", "NativeClient"]
@@ -80,7 +81,7 @@ class NativeClient(Client):
         if conn.stream is None or conn.is_closing():
             return
         stream = conn.stream
-        frame = message.frame
+        frame = message.wire or text_frame(message)
         if self.max_queued:
             # IOStream.write hands bytes to the kernel at once; what stays in _write_buffer
             # is what the peer has not taken (Tornado has no public accessor for its size).
