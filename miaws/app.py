@@ -64,11 +64,19 @@ READ_CHUNK_SIZE = 8192
 
 def make_server(app: tornado.web.Application, service: Service) -> UpgradeServer:
     """Tornado's HTTP server for app, with the short way in for WebSocket upgrades
-    (:mod:`miaws.transport.upgrade`)."""
+    (:mod:`miaws.transport.upgrade`).
+
+    ``server.header_timeout`` bounds the first request head of every connection (read by
+    UpgradeServer, whichever path it is for); ``server.idle_timeout`` is Tornado's
+    ``idle_connection_timeout``, the wait for each later request head of a keep-alive
+    connection (Tornado's default is 3600 s)."""
+    s = service.settings.server
     return UpgradeServer(
         app,
         ws_path=service.settings.server.ws_path,
         ws_handler=WebSocketEndpoint,
         ws_kwargs={"service": service},
         chunk_size=READ_CHUNK_SIZE,
+        header_timeout=s.header_timeout,
+        idle_connection_timeout=s.idle_timeout,
     )

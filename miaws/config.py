@@ -51,6 +51,16 @@ class ServerSettings:
     ws_path: str = setting(
         "/ws", "URL path of the native WebSocket endpoint.", expect="a URL path starting with '/'"
     )
+    header_timeout: float = setting(
+        10.0,
+        "Seconds a new connection has to send its complete request head; later: closed.",
+        expect="a positive number of seconds",
+    )
+    idle_timeout: float = setting(
+        75.0,
+        "Seconds an HTTP keep-alive connection may wait for its next request head; later: closed.",
+        expect="a positive number of seconds",
+    )
 
 
 @dataclass(frozen=True)
@@ -414,6 +424,12 @@ def _validate(s: Settings) -> None:
             f"{src}: server.ws_path has value {s.server.ws_path!r}; expected a URL "
             "path starting with '/'"
         )
+    for key in ("header_timeout", "idle_timeout"):
+        value = getattr(s.server, key)
+        if not value > 0:
+            raise ConfigError(
+                f"{src}: server.{key} has value {value:g}; expected a positive number of seconds"
+            )
     hb = s.heartbeat
     if hb.interval < 0 or hb.timeout < 0:
         raise ConfigError(f"{src}: heartbeat.interval and heartbeat.timeout must not be negative")

@@ -101,6 +101,8 @@ def test_bad_env_port() -> None:
         "heartbeat:\n  timeout: x\n",
         "plugins:\n  enabled: [ping, nosuch]\n",
         "schemas:\n  path: /nonexistent-dir\n",
+        "server:\n  header_timeout: 0\n",
+        "server:\n  idle_timeout: -1\n",
     ],
 )
 def test_cli_bad_config_exits_2_with_one_line(tmp_path: Path, text: str) -> None:

@@ -167,9 +167,13 @@ class UpgradeServer(HTTPServer):
         ws_path: str,
         ws_handler: type[tornado.web.RequestHandler],
         ws_kwargs: dict[str, Any],
+        header_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().initialize(request_callback, **kwargs)
+        # The first request head's deadline (server.header_timeout), whichever path it is
+        # for; Tornado's own (idle_connection_timeout) then bounds each later keep-alive one.
+        self.header_timeout = header_timeout or self.conn_params.header_timeout
         self.application = request_callback
         self.ws_path = ws_path
         self.ws_handler = ws_handler
@@ -197,7 +201,7 @@ class UpgradeServer(HTTPServer):
         if head.done():  # the head came with the connection (the usual case): go on now
             self._on_head(stream, address, head, None)
             return
-        timeout = params.header_timeout
+        timeout = self.header_timeout
         timer = None
         if timeout is not None:
             timer = IOLoop.current().call_later(timeout, stream.close)
