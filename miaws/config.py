@@ -103,8 +103,9 @@ class LimitsSettings:
     )
     max_connections: int = setting(
         0,
-        "Connections this process accepts; one more is closed with 1013. 0: no limit.",
-        expect="a whole number of connections, 0 for no limit",
+        "Connections this process accepts; one more is closed with 1013. 0: the descriptor limit "
+        "less 10% and 32.",
+        expect="a whole number of connections, 0 for one derived from the descriptor limit",
     )
     max_rooms_per_client: int = setting(
         1000,

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
+import tornado.netutil
 import tornado.web
 
 from miaws.app import make_app, make_server
@@ -21,6 +22,7 @@ from miaws.core.clock import Clock
 from miaws.core.errors import CloseCode
 from miaws.ops.reload import ReloadResult, reload_config
 from miaws.service import Service
+from miaws.transport import accept
 from miaws.transport.upgrade import UpgradeServer
 
 __all__ = ["Server"]
@@ -52,8 +54,14 @@ class Server:
 
     async def start(self, sockets: Iterable[socket.socket] | None = None) -> None:
         """Load plugins and schemas (ConfigError on any problem), start the broker and listen
-        on ``server.host``/``server.port``, or on the given bound sockets (tests)."""
+        on ``server.host``/``server.port``, or on the given bound sockets (tests).
+
+        The soft descriptor limit is raised to the hard one first; with
+        ``limits.max_connections`` 0 the cap is derived from it
+        (:mod:`miaws.transport.accept`)."""
+        nofile = accept.raise_nofile_limit()
         service = Service.from_settings(self.settings, self.clock)
+        service.derived_max_connections = accept.connection_cap(nofile)
         service.config_path, service.port_override = self.config_path, self.port_override
         await service.broker.start()
         self.service = service
@@ -61,9 +69,8 @@ class Server:
         self.http = make_server(self.app, service)
         if sockets is None:
             s = self.settings.server
-            self.http.listen(s.port, address=s.host, backlog=BACKLOG)
-        else:
-            self.http.add_sockets(list(sockets))
+            sockets = tornado.netutil.bind_sockets(s.port, address=s.host, backlog=BACKLOG)
+        accept.add_sockets(self.http, sockets, service.stats)
 
     def reload(self) -> ReloadResult:
         """Re-read the config file and apply what can change live (:mod:`miaws.ops.reload`)."""

@@ -54,6 +54,9 @@ class Service:
         self.socketio: Any = None  # the SocketIOBridge when Socket.IO is enabled
         self.config_path: Path | None = None  # what a reload re-reads (None: defaults)
         self.port_override: int | None = None  # `serve --port`, kept across reloads
+        # The cap when limits.max_connections is 0: derived from the descriptor limit by
+        # Server.start (miaws.transport.accept.connection_cap); 0: none.
+        self.derived_max_connections = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Service:
@@ -132,9 +135,14 @@ class Service:
         if hook.get_hookimpls():
             hook(client=client, code=code, reason=reason)
 
+    def max_connections(self) -> int:
+        """``limits.max_connections``, or when that is 0 the cap derived from the descriptor
+        limit (0: none)."""
+        return self.settings.limits.max_connections or self.derived_max_connections
+
     def at_capacity(self) -> bool:
-        """True when ``limits.max_connections`` is reached: refuse the next client (1013)."""
-        limit = self.settings.limits.max_connections
+        """True when :meth:`max_connections` is reached: refuse the next client (1013)."""
+        limit = self.max_connections()
         return limit > 0 and self.local.count() >= limit
 
     def new_client_id(self) -> str:

@@ -4,9 +4,20 @@ timeouts, descriptor exhaustion, bounded error replies, liveness and readiness, 
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import psutil
 import pytest
+from helpers import free_port
+from rawws import RawWS
+
+from miaws.service import Service
+from miaws.transport.accept import connection_cap
 
 HEAD_TIMEOUT = {"server": {"header_timeout": 0.5, "idle_timeout": 1.0}}
 
@@ -70,3 +81,115 @@ async def test_a_slow_but_timely_head_is_served(port: int) -> None:
         assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200 ")
     finally:
         writer.transport.abort()
+
+
+NOFILE = 128  # the server's descriptor limit in the exhaustion test (soft and hard)
+
+
+async def _http_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
+    """GET path on an open keep-alive connection: the status (the body is read and dropped)."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    await asyncio.wait_for(reader.readexactly(length), 5)
+    return int(head.split(b" ", 2)[1])
+
+
+async def test_descriptor_exhaustion_pauses_accept_and_recovers(tmp_path: Path) -> None:
+    """``miaws serve`` under ``ulimit -n 128``, and 200 connections that send nothing (they do
+    not count as clients, so only the descriptors stop them): accept pauses instead of spinning
+    on EMFILE; the clients already in are served, /health answers on an open keep-alive
+    connection; a bounded number of log lines; CPU stays low; once the idle ones leave, new
+    clients are accepted again."""
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("server:\n  host: 127.0.0.1\n  header_timeout: 60\nlogging:\n  level: info\n")
+    log_path = tmp_path / "server.log"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miaws", "serve", "--port", str(port), "--config", str(cfg)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=limit,
+        )
+    try:
+        await _exhaust(port, proc.pid, log_path)
+    finally:
+        proc.kill()
+        proc.wait(5)
+    text = log_path.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    assert f"file descriptors: this process may open {NOFILE}" in text
+
+
+async def _exhaust(port: int, pid: int, log_path: Path) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.transport.abort()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, log_path.read_text()
+            await asyncio.sleep(0.1)
+    clients = [await RawWS.open(port) for _ in range(5)]
+    for c in clients:
+        assert c.status == 101 and (await c.read_json())["type"] == "welcome"
+    http = await asyncio.open_connection("127.0.0.1", port)
+    assert await _http_get(*http, "/health") == 200
+    idle = []
+    for _ in range(200):  # more than the server has descriptors: the rest wait in its backlog
+        idle.append(await asyncio.open_connection("127.0.0.1", port))
+    await asyncio.sleep(1.0)  # saturated by now
+    metrics = ""
+    process = psutil.Process(pid)
+    cpu_before, lines_before = process.cpu_times(), len(log_path.read_text().splitlines())
+    t0 = time.monotonic()
+    for _ in range(10):  # 3 s saturated: the open connections are served meanwhile
+        for c in clients:
+            c.send_json({"type": "ping", "id": "p"})
+            assert (await c.read_json())["type"] == "pong"
+        assert await _http_get(*http, "/health") == 200
+        await asyncio.sleep(0.3)
+    elapsed = time.monotonic() - t0
+    cpu_after = process.cpu_times()
+    cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / elapsed
+    lines = log_path.read_text().splitlines()
+    print(f"saturated: {cpu:.1%} of a core over {elapsed:.1f} s, {len(lines)} log lines")
+    assert cpu < 0.25, f"{cpu:.1%} of a core while saturated"
+    assert len(lines) - lines_before <= 3, lines[lines_before:]
+    assert sum("out of file descriptors" in line for line in lines) >= 1
+    # /metrics needs no new descriptor on the open connection either
+    w = http[1]
+    w.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = await asyncio.wait_for(http[0].readuntil(b"\r\n\r\n"), 5)
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    metrics = (await asyncio.wait_for(http[0].readexactly(length), 5)).decode()
+    exhausted = [m for m in metrics.splitlines() if m.startswith("miaws_accept_exhausted_total")]
+    assert exhausted and float(exhausted[0].split()[1]) >= 1, exhausted
+    for _, writer in idle:
+        writer.transport.abort()
+    newcomer = await asyncio.wait_for(RawWS.open(port), 10)  # accepted again
+    assert newcomer.status == 101 and (await newcomer.read_json())["type"] == "welcome"
+    for c in [*clients, newcomer]:
+        c.abort()
+    http[1].transport.abort()
+
+
+def test_the_connection_cap_is_derived_from_the_descriptor_limit(service: Service) -> None:
+    """limits.max_connections 0: the soft RLIMIT_NOFILE (raised to the hard one at start)
+    less 10% and 32; a configured figure wins."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard == resource.RLIM_INFINITY or soft == hard
+    assert service.max_connections() == connection_cap(soft) == soft - soft // 10 - 32
+    assert connection_cap(1024) == 890
+
+
+@pytest.mark.config({"limits": {"max_connections": 7}})
+def test_a_configured_connection_cap_wins(service: Service) -> None:
+    assert service.max_connections() == 7

@@ -68,6 +68,7 @@ class Stats:
         "messages_out",
         "errors",
         "latency",
+        "accept_exhausted",
     )
 
     def __init__(self) -> None:
@@ -78,6 +79,7 @@ class Stats:
         self.messages_out: Counter[str] = Counter()  # message type -> recipients
         self.errors: Counter[str] = Counter()  # error code -> count
         self.latency: dict[str, Histogram] = {}  # message type -> handler time
+        self.accept_exhausted = 0  # accept() refused for want of a descriptor (EMFILE/ENFILE)
 
     def connected(self, transport: str) -> None:
         self.connects[transport] += 1

@@ -61,6 +61,13 @@ class MiawsCollector(Collector):
             value=stats.heartbeat_drops,
         )
 
+        yield CounterMetricFamily(
+            "miaws_accept_exhausted",
+            "Times accept() failed for want of a file descriptor (EMFILE/ENFILE); accepting "
+            "then pauses for a back-off.",
+            value=stats.accept_exhausted,
+        )
+
         yield _by_label(
             "miaws_messages_in",
             "Client messages received, by type (enabled types only).",
