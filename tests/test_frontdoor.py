@@ -4,6 +4,7 @@ timeouts, descriptor exhaustion, bounded error replies, liveness and readiness, 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import subprocess
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import RawConnect
 from helpers import free_port
 from rawws import RawWS
 
+from miaws.core.errors import QUOTE_LIMIT, bounded, clip
 from miaws.service import Service
 from miaws.transport.accept import connection_cap
 
@@ -193,3 +196,50 @@ def test_the_connection_cap_is_derived_from_the_descriptor_limit(service: Servic
 @pytest.mark.config({"limits": {"max_connections": 7}})
 def test_a_configured_connection_cap_wins(service: Service) -> None:
     assert service.max_connections() == 7
+
+
+BIG = "x" * 60_000
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "join-room", "room": BIG},  # schema: too long, pattern
+        {"type": BIG},  # unknown type
+        {"type": "join-room", "room": "lobby", "since": {"epoch": "e", "seq": 0, BIG: 1}},
+        {
+            "type": "join-room",
+            "room": [BIG[:30_000], BIG[:30_000]],
+        },  # not a string: the list is quoted
+        {"type": "join-room", "room": "lobby", "since": {"epoch": BIG, "seq": 0}},
+    ],
+    ids=["long-string", "unknown-type", "long-key", "list", "nested"],
+)
+async def test_an_error_reply_quotes_a_bounded_part_of_the_value(
+    raw_connect: RawConnect, message: dict[str, object]
+) -> None:
+    """A 60 KB invalid message is answered with an error under 2 KB: each quoted value is cut
+    at 256 characters and ends with '…' (the issue measured a 130 KB reply to 65 KB)."""
+    conn = await raw_connect()
+    assert (await conn.read_json())["type"] == "welcome"
+    text = json.dumps(message)
+    assert len(text) > 60_000
+    conn.send_text(text)
+    frame = await conn.read_frame()
+    assert frame is not None and frame[0] == 0x1
+    reply = json.loads(frame[1])
+    assert reply["type"] == "error" and reply["code"] in ("invalid-message", "unknown-type")
+    assert len(frame[1]) < 2048, len(frame[1])
+    assert "x" * 257 not in frame[1].decode()
+    assert "…" in frame[1].decode()
+
+
+def test_bounded_keeps_small_values_and_cuts_large_ones() -> None:
+    assert bounded({"path": "/room", "reason": "too long"}) == {
+        "path": "/room",
+        "reason": "too long",
+    }
+    assert clip("a" * 300) == "a" * QUOTE_LIMIT + "…"
+    deep = bounded({"a": list(range(100)), "b": {"c": {"d": {"e": {"f": 1}}}}})
+    assert deep["a"][-1] == "…" and len(deep["a"]) == 17
+    assert deep["b"]["c"]["d"]["e"] == "…"

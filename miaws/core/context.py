@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from miaws.core.clock import Clock
-from miaws.core.errors import Forbidden, InvalidMessage, NotInRoom
+from miaws.core.errors import Forbidden, InvalidMessage, NotInRoom, clip
 from miaws.core.history import Joined, Position
 from miaws.core.model import Client, Outgoing
 from miaws.core.registry import LocalRegistry
@@ -158,6 +158,6 @@ class Context:
     def _check_room(room: str) -> None:
         if not valid_room(room):
             raise InvalidMessage(
-                f"Invalid room name: {room!r}",
+                f"Invalid room name: {clip(repr(room))}",
                 {"path": "/room", "reason": "must be 1-64 characters of [A-Za-z0-9_.:-]"},
             )

@@ -29,6 +29,8 @@ from miaws.core.errors import (
     InvalidMessage,
     MessageError,
     UnknownType,
+    bounded,
+    clip,
 )
 from miaws.core.model import Client, Outgoing
 from miaws.core.plugins import Registry
@@ -140,13 +142,13 @@ class Dispatcher:
         payload: dict[str, Any] = {
             "type": "error",
             "code": exc.code,
-            "message": exc.message,
+            "message": bounded(exc.message),  # a plugin's text may quote the client too
             "timestamp": self.clock.timestamp(),
         }
         if message_id is not None:
             payload["id"] = message_id
         if exc.details is not None:
-            payload["details"] = exc.details
+            payload["details"] = bounded(exc.details)
         return Outgoing(payload)
 
     def handle(self, client: Client, text: str) -> list[Outgoing] | Awaitable[list[Outgoing]]:
@@ -195,7 +197,7 @@ class Dispatcher:
                 message_id = message["id"]
             bound = self._types.get(kind)
             if bound is None:
-                raise UnknownType(f"Unknown message type: {kind}")
+                raise UnknownType(f"Unknown message type: {clip(kind)}")
             details = bound.schema.errors(message)
             if details is not None:
                 raise InvalidMessage(

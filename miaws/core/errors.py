@@ -41,7 +41,38 @@ __all__ = [
     "CloseCode",
     "close_meaning",
     "ERROR_CODES",
+    "QUOTE_LIMIT",
+    "clip",
+    "bounded",
 ]
+
+QUOTE_LIMIT = 256
+"""Characters of a client's value an error reply may quote; more is cut and ends with ``…``."""
+
+
+def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """text, or its first ``limit`` characters and ``…`` when it is longer."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def bounded(value: Any, limit: int = 2 * QUOTE_LIMIT, depth: int = 4) -> Any:
+    """A JSON value with every string clipped to limit, at most 16 items per list or mapping
+    and ``depth`` levels: what an error reply's ``message`` and ``details`` pass through, so
+    that no reply grows with what the client sent (a plugin's error text included)."""
+    if isinstance(value, str):
+        return clip(value, limit)
+    if depth <= 0 and isinstance(value, (dict, list, tuple)):
+        return "…"
+    if isinstance(value, dict):
+        items = list(value.items())
+        out = {clip(str(k), limit): bounded(v, limit, depth - 1) for k, v in items[:16]}
+        if len(items) > 16:
+            out["…"] = f"{len(items) - 16} more"
+        return out
+    if isinstance(value, (list, tuple)):
+        head = [bounded(v, limit, depth - 1) for v in value[:16]]
+        return head + ["…"] if len(value) > 16 else head
+    return value
 
 
 class MiawsError(Exception):

@@ -19,7 +19,7 @@ import jsonschema
 import jsonschema_rs
 from jsonschema.exceptions import best_match
 
-from miaws.core.errors import ConfigError
+from miaws.core.errors import QUOTE_LIMIT, ConfigError, clip
 
 __all__ = ["Schema", "load_schema", "find_schema_file"]
 
@@ -60,6 +60,7 @@ class Schema:
         if error is None:
             return None
         path = "".join(f"/{p}" for p in error.absolute_path)
+        quoted = [repr(error.instance)]  # what jsonschema's message may quote of the client's
         if error.validator == "required" and isinstance(error.instance, dict):
             missing = [r for r in error.validator_value if r not in error.instance]
             if missing:
@@ -69,7 +70,14 @@ class Schema:
             extra = [k for k in error.instance if k not in allowed]
             if extra:
                 path += f"/{extra[0]}"
-        return {"path": path, "reason": error.message}
+            quoted += [repr(k) for k in extra]
+        # jsonschema's message quotes the offending value (``'xx…' is too long``): at most
+        # QUOTE_LIMIT characters of it, so the reply stays small whatever the client sent.
+        reason = error.message
+        for value in quoted:
+            if len(value) > QUOTE_LIMIT and value in reason:
+                reason = reason.replace(value, clip(value))
+        return {"path": clip(path), "reason": clip(reason, 2 * QUOTE_LIMIT)}
 
 
 def find_schema_file(filename: str, directories: Sequence[Path]) -> Path | None:
