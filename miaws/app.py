@@ -9,7 +9,14 @@ import tornado.web
 
 from miaws.ops.adminapi import PublishHandler, ReloadHandler
 from miaws.ops.asyncapi import AsyncAPIHandler
-from miaws.ops.httpapi import ClientsHandler, HealthHandler, PluginsHandler, RoomsHandler
+from miaws.ops.httpapi import (
+    ClientsHandler,
+    HealthHandler,
+    LivezHandler,
+    PluginsHandler,
+    ReadyzHandler,
+    RoomsHandler,
+)
 from miaws.ops.metrics import MetricsHandler, metrics_registry
 from miaws.ops.webconsole import console_routes
 from miaws.service import Service
@@ -36,6 +43,8 @@ def make_app(service: Service) -> tornado.web.Application:
     routes: list[Any] = [
         (service.settings.server.ws_path, WebSocketEndpoint, kw),
         (r"/health", HealthHandler, kw),
+        (r"/livez", LivezHandler, kw),
+        (r"/readyz", ReadyzHandler, kw),
         (r"/api/clients", ClientsHandler, kw),
         (r"/api/rooms", RoomsHandler, kw),
         (r"/api/plugins", PluginsHandler, kw),

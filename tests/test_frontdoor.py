@@ -91,11 +91,21 @@ NOFILE = 128  # the server's descriptor limit in the exhaustion test (soft and h
 
 async def _http_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
     """GET path on an open keep-alive connection: the status (the body is read and dropped)."""
+    return (await http_get(reader, writer, path))[0]
+
+
+async def http_get(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+) -> tuple[int, dict[str, str], bytes]:
+    """GET path on an open keep-alive connection: status, headers (lower-case), body."""
     writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-    await asyncio.wait_for(reader.readexactly(length), 5)
-    return int(head.split(b" ", 2)[1])
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode("latin1")
+    lines = head.split("\r\n")
+    headers = {
+        k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
+    }
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 5)
+    return int(lines[0].split(" ", 2)[1]), headers, body
 
 
 async def test_descriptor_exhaustion_pauses_accept_and_recovers(tmp_path: Path) -> None:
@@ -243,3 +253,42 @@ def test_bounded_keeps_small_values_and_cuts_large_ones() -> None:
     deep = bounded({"a": list(range(100)), "b": {"c": {"d": {"e": {"f": 1}}}}})
     assert deep["a"][-1] == "…" and len(deep["a"]) == 17
     assert deep["b"]["c"]["d"]["e"] == "…"
+
+
+async def test_livez_and_readyz(port: int) -> None:
+    """/livez: 200 while the process serves; /readyz: 200 with room for clients."""
+    conn = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        status, _, body = await http_get(*conn, "/livez")
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+        status, _, body = await http_get(*conn, "/readyz")
+        assert status == 200 and json.loads(body)["ready"] is True
+    finally:
+        conn[1].transport.abort()
+
+
+@pytest.mark.config({"limits": {"max_connections": 1}})
+async def test_readyz_is_503_at_the_connection_cap(port: int, raw_connect: RawConnect) -> None:
+    """At limits.max_connections the node is not ready (503, reason full, Retry-After), and
+    ready again once a client leaves; /livez and /health stay 200 throughout."""
+    conn = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        client = await raw_connect()
+        assert (await client.read_json())["type"] == "welcome"
+        status, headers, body = await http_get(*conn, "/readyz")
+        assert status == 503 and headers["retry-after"] == "1"
+        assert json.loads(body) == {
+            "ready": False,
+            "reason": "full",
+            "connections": 1,
+            "max_connections": 1,
+        }
+        assert (await http_get(*conn, "/livez"))[0] == 200
+        assert (await http_get(*conn, "/health"))[0] == 200
+        client.abort()
+        deadline = time.monotonic() + 5
+        while (await http_get(*conn, "/readyz"))[0] != 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    finally:
+        conn[1].transport.abort()

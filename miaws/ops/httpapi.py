@@ -11,7 +11,15 @@ from miaws.core.errors import BrokerUnavailable
 from miaws.ops.apikeys import api_keys, check_bearer
 from miaws.service import Service
 
-__all__ = ["JSONHandler", "HealthHandler", "ClientsHandler", "RoomsHandler", "PluginsHandler"]
+__all__ = [
+    "JSONHandler",
+    "HealthHandler",
+    "LivezHandler",
+    "ReadyzHandler",
+    "ClientsHandler",
+    "RoomsHandler",
+    "PluginsHandler",
+]
 
 
 class JSONHandler(tornado.web.RequestHandler):
@@ -63,6 +71,39 @@ class HealthHandler(JSONHandler):
             if view is not None:
                 body["cluster"] = view.summary()
         self.send_json(body)
+
+
+class LivezHandler(JSONHandler):
+    """``GET /livez``: 200 ``{"status": "ok"}`` while the process serves HTTP, draining
+    included.  A liveness probe that fails means: restart the process."""
+
+    def get(self) -> None:
+        self.send_json({"status": "ok"})
+
+
+class ReadyzHandler(JSONHandler):
+    """``GET /readyz``: 200 ``{"ready": true}`` when this node should be sent new clients,
+    else 503 ``{"ready": false, "reason": ...}`` with ``Retry-After``: while it shuts down or
+    drains (``draining``) and while it is at its connection cap (``full``).
+
+    A broker outage does not make the node unready: every node shares the one broker, so
+    failing readiness would take all of them out of the load balancer at once and turn a
+    degraded service (each node still serves its own clients) into none; ``/health`` says
+    ``degraded`` and alerts cover it.
+    """
+
+    def get(self) -> None:
+        service = self.service
+        reason = "draining" if service.shutting_down else "full" if service.at_capacity() else ""
+        body: dict[str, Any] = {
+            "ready": not reason,
+            "connections": service.connected_count(),
+            "max_connections": service.max_connections(),
+        }
+        if reason:
+            body["reason"] = reason
+            self.set_header("Retry-After", "1" if reason == "full" else "5")
+        self.send_json(body, 503 if reason else 200)
 
 
 class ClientsHandler(JSONHandler):
