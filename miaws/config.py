@@ -275,6 +275,15 @@ class HistorySettings:
 
 
 @dataclass(frozen=True)
+class ShutdownSettings:
+    drain_seconds: float = setting(
+        0.0,
+        "Seconds over which SIGTERM closes the clients with 1001, in even batches; 0: all at once.",
+        expect="a number of seconds, 0 for all at once",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
@@ -289,6 +298,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
+    shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
     source: str = field(default="defaults", compare=False)
     """Where the settings came from (file path or 'defaults'), for messages."""
 
@@ -431,6 +441,11 @@ def _validate(s: Settings) -> None:
             raise ConfigError(
                 f"{src}: server.{key} has value {value:g}; expected a positive number of seconds"
             )
+    if s.shutdown.drain_seconds < 0:
+        raise ConfigError(
+            f"{src}: shutdown.drain_seconds has value {s.shutdown.drain_seconds:g}; expected a "
+            "number of seconds, 0 for all at once"
+        )
     hb = s.heartbeat
     if hb.interval < 0 or hb.timeout < 0:
         raise ConfigError(f"{src}: heartbeat.interval and heartbeat.timeout must not be negative")

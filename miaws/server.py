@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = ["Server"]
 log = logging.getLogger("miaws")
 
 BACKLOG = 1024  # pending connections the kernel queues for accept
+DRAIN_STEP = 0.1  # seconds between two batches of a drain (shutdown.drain_seconds)
 
 
 class Server:
@@ -56,11 +58,11 @@ class Server:
         """Load plugins and schemas (ConfigError on any problem), start the broker and listen
         on ``server.host``/``server.port``, or on the given bound sockets (tests).
 
-        The soft descriptor limit is raised to the hard one first; with
+        The soft descriptor limit is raised to the hard one (once the plugins load); with
         ``limits.max_connections`` 0 the cap is derived from it
         (:mod:`miaws.transport.accept`)."""
-        nofile = accept.raise_nofile_limit()
         service = Service.from_settings(self.settings, self.clock)
+        nofile = accept.raise_nofile_limit()
         service.derived_max_connections = accept.connection_cap(nofile)
         service.config_path, service.port_override = self.config_path, self.port_override
         await service.broker.start()
@@ -78,15 +80,19 @@ class Server:
         return reload_config(self.service, self.app)
 
     async def stop(self, grace: float = 2.0) -> None:
-        """Stop accepting, close every client with 1001, give their close handshakes up to
-        ``grace`` seconds, then end what is left and stop the broker."""
+        """Stop accepting (``/readyz`` answers 503 from now on), close every client with 1001,
+        give their close handshakes up to ``grace`` seconds, then end what is left and stop the
+        broker.
+
+        With ``shutdown.drain_seconds`` the clients are closed in even batches over that
+        window (every 0.1 s the share of them due by then), so that they do not all reconnect
+        elsewhere at once; it ends early when every client has gone."""
         service, http = self.service, self.http
         if service is None or http is None:
             return
         service.shutting_down = True
         http.stop()
-        for client in list(service.local.clients()):
-            client.close(CloseCode.GOING_AWAY, "server shutting down")
+        await self._drain(service, self.settings.shutdown.drain_seconds)
         deadline = asyncio.get_running_loop().time() + grace
         while service.connected_count() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
@@ -95,3 +101,23 @@ class Server:
             await service.socketio.shutdown()
         await service.broker.close()
         self.service = self.app = self.http = None
+
+    @staticmethod
+    async def _drain(service: Service, seconds: float) -> None:
+        """Close the clients connected now with 1001: all at once (0), else in even batches
+        over ``seconds``."""
+        clients = list(service.local.clients())
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        closed = 0
+        while closed < len(clients):
+            elapsed = loop.time() - start
+            due = (
+                len(clients) if elapsed >= seconds else math.ceil(len(clients) * elapsed / seconds)
+            )
+            for client in clients[closed:due]:
+                client.close(CloseCode.GOING_AWAY, "server shutting down")
+            closed = max(closed, due)
+            if closed >= len(clients) or not service.connected_count():
+                return
+            await asyncio.sleep(DRAIN_STEP)

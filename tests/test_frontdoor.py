@@ -7,15 +7,18 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 from conftest import RawConnect
-from helpers import free_port
+from helpers import ServerProcess, free_port
 from rawws import RawWS
 
 from miaws.core.errors import QUOTE_LIMIT, bounded, clip
@@ -292,3 +295,52 @@ async def test_readyz_is_503_at_the_connection_cap(port: int, raw_connect: RawCo
             await asyncio.sleep(0.05)
     finally:
         conn[1].transport.abort()
+
+
+DRAIN_CLIENTS = 1000
+DRAIN_SECONDS = 5
+
+
+async def test_sigterm_drains_clients_in_even_batches(
+    server_process: Callable[..., ServerProcess],
+) -> None:
+    """shutdown.drain_seconds 5 and 1000 raw clients: on SIGTERM the node stops accepting,
+    /readyz answers 503 (on a keep-alive connection opened before), every client gets 1001,
+    no one-second bucket holds more than twice the mean number of closes, and the process
+    exits once they are gone."""
+    server = server_process(
+        "server:\n  host: 127.0.0.1\nheartbeat:\n  interval: 0\n  timeout: 0\n"
+        f"shutdown:\n  drain_seconds: {DRAIN_SECONDS}\nlogging:\n  level: warning\n"
+    )
+    clients = []
+    for _ in range(DRAIN_CLIENTS):
+        clients.append(await RawWS.open(server.port))
+    for c in clients:
+        assert c.status == 101 and (await c.read_json())["type"] == "welcome"
+    http = await asyncio.open_connection("127.0.0.1", server.port)
+    assert (await http_get(*http, "/readyz"))[0] == 200
+    closes: list[tuple[float, int | None]] = []
+
+    async def wait_close(c: RawWS) -> None:
+        code = await c.close_code(timeout=DRAIN_SECONDS + 5)
+        closes.append((time.monotonic(), code))
+
+    waiting = [asyncio.ensure_future(wait_close(c)) for c in clients]
+    await asyncio.sleep(0.2)
+    sigterm = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    status, _, body = await http_get(*http, "/readyz")
+    assert status == 503 and json.loads(body)["reason"] == "draining"
+    await asyncio.wait_for(asyncio.gather(*waiting), DRAIN_SECONDS + 10)
+    for c in clients:
+        c.abort()
+    http[1].transport.abort()
+    assert [code for _, code in closes] == [1001] * DRAIN_CLIENTS
+    buckets = Counter(int(t - sigterm) for t, _ in closes)
+    mean = DRAIN_CLIENTS / (max(buckets) + 1)
+    print(f"closes per second after SIGTERM: {[buckets[i] for i in range(max(buckets) + 1)]}")
+    assert max(buckets) + 1 >= DRAIN_SECONDS - 1, buckets  # spread over the window
+    assert max(buckets.values()) <= 2 * mean, buckets
+    server.proc.wait(5)
+    assert server.proc.returncode == 0, server.output()[-2000:]
