@@ -52,8 +52,11 @@ def test_declared_name_exists(owner: str, name: str) -> None:
     assert hasattr(_resolve(owner), name), f"{owner} has no {name}: see its *_private module"
 
 
-async def test_tornado_instance_names_exist(ws_connect: Any, service: Service) -> None:
-    """On the real objects of a live connection: its stream, protocol and handler."""
+async def test_tornado_instance_names_exist(
+    ws_connect: Any, service: Service, http_server: Any
+) -> None:
+    """On the real objects of a live connection: its stream, protocol and handler, and the
+    node's HTTP server."""
     await ws_connect()
     (client,) = service.local.clients()
     protocol: Any = client.protocol  # type: ignore[attr-defined]
@@ -65,6 +68,7 @@ async def test_tornado_instance_names_exist(ws_connect: Any, service: Service) -
             "tornado.iostream._StreamBuffer": [fresh._write_buffer],
             "tornado.websocket.WebSocketProtocol13": [protocol],
             "tornado.web.RequestHandler": [client.handler],  # type: ignore[attr-defined]
+            "tornado.tcpserver.TCPServer": [http_server],
         }
         for owner, names in tornado_private.INSTANCE_NAMES.items():
             cls = _resolve(owner)

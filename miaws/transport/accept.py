@@ -14,9 +14,10 @@ warning line per 10 s at most says how many there were.
 :func:`raise_nofile_limit` raises the soft ``RLIMIT_NOFILE`` to the hard limit at start-up;
 :func:`connection_cap` derives a connection cap from it when ``limits.max_connections`` is 0.
 
-Tornado private names used (for the list of them): ``TCPServer._handlers`` (fd -> the callable
-that removes a socket's accept handler, called by ``TCPServer.stop``) and
-``TCPServer._handle_connection`` (what an accepted socket is given to).
+Tornado private names used (declared in :mod:`miaws.transport.tornado_private`):
+``TCPServer._handlers`` (fd -> the callable that removes a socket's accept handler, called
+by ``TCPServer.stop``) and ``TCPServer._handle_connection`` (what an accepted socket is given
+to).
 """
 
 from __future__ import annotations

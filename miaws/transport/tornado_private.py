@@ -32,6 +32,9 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
         "_run_callback",  # how Tornado calls on_message
         "_abort",
     ),
+    "tornado.tcpserver.TCPServer": (
+        "_handle_connection",  # what miaws's accept loop gives an accepted socket to
+    ),
     "tornado.web.RequestHandler": (
         "_execute",  # the short way in runs the handler from the request head
         "_request_summary",  # overridden: the access log without the token
@@ -50,6 +53,9 @@ INSTANCE_NAMES: dict[str, tuple[str, ...]] = {
         "_read_partial",
     ),
     "tornado.iostream._StreamBuffer": ("_buffers",),  # replaced by a list
+    # fd -> remover of a listening socket's accept handler: miaws's accept loop
+    # (miaws.transport.accept) puts its own in, which TCPServer.stop then removes
+    "tornado.tcpserver.TCPServer": ("_handlers",),
     "tornado.websocket.WebSocketProtocol13": (
         "_fragmented_message_buffer",
         "_fragmented_message_opcode",
