@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import websockets
 from conftest import RawConnect
 from helpers import ServerProcess, free_port
 from rawws import RawWS
@@ -25,6 +26,7 @@ from miaws.core.errors import QUOTE_LIMIT, bounded, clip
 from miaws.service import Service
 from miaws.transport.accept import connection_cap
 
+ROOT = Path(__file__).resolve().parent.parent
 HEAD_TIMEOUT = {"server": {"header_timeout": 0.5, "idle_timeout": 1.0}}
 
 
@@ -344,3 +346,29 @@ async def test_sigterm_drains_clients_in_even_batches(
     assert max(buckets.values()) <= 2 * mean, buckets
     server.proc.wait(5)
     assert server.proc.returncode == 0, server.output()[-2000:]
+
+
+async def test_the_compliance_echo_server_echoes_text_and_binary() -> None:
+    """compliance/echo_server.py (what the Autobahn cases run against, outside CI): no
+    welcome, text back as text, binary as binary, a message over 64 KiB accepted."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "compliance" / "echo_server.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                ws = await websockets.connect(f"ws://127.0.0.1:{port}/", max_size=None)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                await asyncio.sleep(0.1)
+        async with ws:
+            for message in ("hello", b"\x00\xffbinary", "x" * 200_000):
+                await ws.send(message)
+                assert await asyncio.wait_for(ws.recv(), 5) == message
+    finally:
+        proc.terminate()
+        proc.wait(10)
