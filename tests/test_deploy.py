@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import ROOT
 from helpers import free_port
+from sio_helpers import NodePeer, ensure_node_modules
 
 from miaws.cli.check import Peer, expect_type
 
@@ -120,3 +121,20 @@ async def test_without_heartbeat_the_proxy_cuts_idle_clients(
         assert time.monotonic() - started >= IDLE_TIMEOUT - 0.5  # cut for being idle
     finally:
         peer.close()
+
+
+async def test_socketio_websocket_only_through_nginx(
+    server_process: Any, nginx: Callable[[int], int]
+) -> None:
+    """The official socket.io-client, websocket-only, connects through the shipped config
+    and gets its welcome and a pong (it was refused: nginx sent no Upgrade for /socket.io/)."""
+    ensure_node_modules()
+    server = server_process("server:\n  host: 127.0.0.1\nsocketio:\n  enabled: true\n")
+    port = nginx(server.port)
+    peer = await NodePeer.connect(f"http://127.0.0.1:{port}", "/", "websocket")
+    try:
+        assert peer.welcome["type"] == "welcome"
+        ack = await peer.call("ping", {"id": "through-nginx"})
+        expect_type(ack, "pong", id="through-nginx")
+    finally:
+        await peer.close()
