@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT
-from helpers import free_port
+from helpers import chromium, free_port
 from sio_helpers import NodePeer, ensure_node_modules
 
 from miaws.cli.check import Peer, expect_type
@@ -138,3 +138,18 @@ async def test_socketio_websocket_only_through_nginx(
         expect_type(ack, "pong", id="through-nginx")
     finally:
         await peer.close()
+
+
+async def test_console_behind_nginx_tells_a_proxy_refusal_from_a_key_prompt(
+    server_process: Any, nginx: Callable[[int], int]
+) -> None:
+    """nginx's `deny` answers /api/ with 403: the console says a proxy refused, and does not
+    ask for an API key (miaws's own 401/403 carry a JSON error; tests/test_console.py)."""
+    server = server_process("server:\n  host: 127.0.0.1\n")
+    port = nginx(server.port)
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{port}/")
+        refused = page.locator("#api-refused", has_text="from a proxy in front of miaws")
+        await refused.wait_for(state="visible", timeout=10_000)
+        assert await page.is_hidden("#apikey-form")
