@@ -20,6 +20,7 @@ __all__ = [
     "ConsoleHandler",
     "ConsoleAssetHandler",
     "ClientScriptHandler",
+    "FaviconHandler",
     "CONSOLE_DIR",
     "STATIC_DIR",
     "console_routes",
@@ -95,9 +96,20 @@ class ClientScriptHandler(tornado.web.StaticFileHandler):
             self.set_header("Access-Control-Allow-Origin", origin)
 
 
+class FaviconHandler(tornado.web.RequestHandler):
+    """``GET /favicon.ico``: no icon, 204, so that each console load (browsers ask for one)
+    does not log a WARNING for a 404."""
+
+    def get(self) -> None:
+        self.set_status(204)
+        self.set_header("Cache-Control", "max-age=86400")
+        self.finish()
+
+
 def console_routes(service: Service) -> list[Any]:
     return [
         (r"/", ConsoleHandler, {"service": service}),
         (r"/console/(.*)", ConsoleAssetHandler, {"path": str(CONSOLE_DIR), "service": service}),
+        (r"/favicon\.ico", FaviconHandler),
         (r"/(client\.js)", ClientScriptHandler, {"path": str(STATIC_DIR), "service": service}),
     ]
