@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import tornado.web
@@ -24,8 +23,6 @@ from miaws.transport.native import WebSocketEndpoint
 from miaws.transport.upgrade import UpgradeServer
 
 __all__ = ["make_app", "make_server"]
-
-STATIC = Path(__file__).resolve().parent / "static"
 
 
 def tornado_settings(service: Service) -> dict[str, Any]:
@@ -53,7 +50,6 @@ def make_app(service: Service) -> tornado.web.Application:
         (r"/metrics", MetricsHandler, {"registry": metrics_registry(service)}),
         *console_routes(service),
         (r"/asyncapi\.json", AsyncAPIHandler, kw),
-        (r"/(client\.js)", tornado.web.StaticFileHandler, {"path": str(STATIC)}),
     ]
     if service.settings.socketio.enabled:
         from miaws.transport.sio import PATH, SocketIOBridge  # python-socketio only when it is used

@@ -32,7 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.uri import parse_uri
 
-from miaws.core.errors import MiawsError
+from miaws.core.errors import MiawsError, close_meaning
 
 __all__ = ["MiawsClient", "ConnectionLost", "backoff_delay"]
 
@@ -80,6 +80,7 @@ class MiawsClient:
         self.connects = 0  # successful connections so far
         self.duplicates = 0  # room messages dropped as already seen
         self.positions: dict[str, tuple[str, int]] = {}  # room -> last (epoch, seq) seen
+        self.last_close: tuple[int, str] | None = None  # (code, reason) the server last closed with
         self._rooms: dict[str, None] = {}  # joined rooms, in join order
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._internal_ids: set[str] = set()
@@ -106,8 +107,15 @@ class MiawsClient:
         return self
 
     async def close(self) -> None:
-        """Stop reconnecting, close the connection, end iteration."""
+        """Stop reconnecting, close the connection with 1000 (normal closure), end
+        iteration."""
         self._closed = True
+        ws = self._ws
+        if ws is not None:
+            # Before the task is cancelled: cancelling it inside ``async with connect()``
+            # would close with 1011 (internal error), which servers count as a failure.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), self.open_timeout)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -228,9 +236,13 @@ class MiawsClient:
                     welcome = json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
                     self.client_id = welcome.get("clientId")
                     self.connects += 1
+                    self.last_close = None
                     attempt = 0
                     await self._session(ws)
-            except (OSError, InvalidHandshake, ConnectionClosed, asyncio.TimeoutError) as exc:
+            except ConnectionClosed as exc:
+                log.debug("connection to %s lost: %r", self.url, exc)
+                self.last_close = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else None
+            except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
                 log.debug("connection to %s lost: %r", self.url, exc)
             finally:
                 self._ws = None
@@ -321,10 +333,19 @@ class MiawsClient:
             self._callbacks.add(task)
             task.add_done_callback(self._callbacks.discard)
 
+    def _lost_text(self) -> str:
+        if self.last_close is None:
+            return "connection lost before the reply"
+        code, reason = self.last_close
+        return (
+            f"the server closed the connection before the reply: code {code}, "
+            f"{close_meaning(code)}{': ' + reason if reason else ''}"
+        )
+
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
-                future.set_exception(ConnectionLost("connection lost before the reply"))
+                future.set_exception(ConnectionLost(self._lost_text()))
                 future.exception()  # a request nobody awaits any more is no error to log
         self._internal_ids.clear()

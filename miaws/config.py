@@ -565,8 +565,11 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}: not valid YAML{where}") from None
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None)
+        context = getattr(exc, "context", None)
+        reason = "; ".join(str(p) for p in (context, problem) if p) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: not valid YAML{where} ({reason})") from None
     settings = build_settings(data, source=source, environ=environ)
     return _resolve_paths(settings, path.parent)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 
 import pytest
 from conftest import Connect
 from helpers import eventually
 
+from miaws.client import MiawsClient
 from miaws.service import Service
 
 
@@ -74,3 +76,31 @@ async def test_send_rejects_bad_input_and_unreachable_servers(ws_url: str) -> No
     dead = ws_url.rsplit(":", 1)[0] + ":1/ws"
     code, _, err = await miaws("send", dead, '{"type":"ping"}', "--timeout", "1")
     assert code == 1 and "cannot connect" in err
+
+
+async def test_miaws_own_clients_close_with_1000(
+    ws_url: str, service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """send, listen, health, check and MiawsClient end their connections with 1000 (normal
+    closure): no 1011 (a handler raised, which operators alert on), no 1005 per probe."""
+    caplog.set_level(logging.INFO, "miaws")
+    assert (await miaws("send", ws_url, '{"type":"ping"}'))[0] == 0
+    assert (await miaws("listen", ws_url, "--room", "r", "--timeout", "0.2"))[0] == 0
+    assert (await miaws("health", ws_url))[0] == 0
+    assert (await miaws("check", ws_url))[0] == 0
+    async with MiawsClient(ws_url) as client:
+        await client.join("r")
+    await eventually(lambda: service.connected_count() == 0, timeout=10)
+    codes = {code for (_, code) in service.stats.disconnects}
+    lines = [r.getMessage() for r in caplog.records if "disconnected" in r.getMessage()]
+    # check's size and binary scenarios earn 1009 and 1003 from the server, as they should
+    assert codes == {1000, 1003, 1009}, lines
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], lines
+
+
+@pytest.mark.config({"limits": {"max_message_bytes": 100}})
+async def test_send_says_in_one_line_when_the_server_closes(ws_url: str) -> None:
+    """The server closes instead of replying (here: 1009, too big): one line, exit 1."""
+    code, out, err = await miaws("send", ws_url, json.dumps({"type": "echo", "message": "x" * 200}))
+    assert (code, out) == (1, "")
+    assert len(err.splitlines()) == 1 and "1009" in err and "Traceback" not in err, err

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import tornado.web
 from conftest import Connect
-from helpers import chromium, eventually
+from helpers import chromium, eventually, free_port
 from test_recovery import PacedPublisher, joined_publisher, publish
 
 from miaws.service import Service
@@ -120,3 +122,60 @@ async def test_browser_client_reports_failed_recovery(
         await publish(pub, "feed", range(20, 21))
         await page.wait_for_function("window.got.length === 1", timeout=5000)
         assert await page.evaluate("window.got") == [[20, 21]]
+
+
+DASHBOARD = """<script type="module">
+try {
+  const { MiawsClient } = await import("http://127.0.0.1:%(port)d/client.js");
+  window.imported = typeof MiawsClient;
+} catch (e) {
+  window.imported = "failed: " + e.message;
+}
+</script>"""
+
+# Dashboards on other origins than the server's (another port is another origin).
+DASHBOARD_PORT, OTHER_PORT = free_port(), free_port()
+DASHBOARD_ORIGIN = f"http://127.0.0.1:{DASHBOARD_PORT}"
+
+
+class DashboardPage(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.finish(DASHBOARD % {"port": self.application.settings["miaws_port"]})
+
+
+@pytest.fixture
+def dashboards(port: int) -> Iterator[None]:
+    """The dashboard page served on DASHBOARD_PORT and OTHER_PORT (real servers: Chromium
+    keeps pages it cannot place on the network from loading anything from 127.0.0.1)."""
+    servers = []
+    for at in (DASHBOARD_PORT, OTHER_PORT):
+        app = tornado.web.Application([(r"/", DashboardPage)], miaws_port=port)
+        servers.append(app.listen(at, address="127.0.0.1"))
+    yield
+    for server in servers:
+        server.stop()
+
+
+async def import_from(browser: Any, at: int) -> str:
+    """What the dashboard page on port at sees when it imports the server's /client.js."""
+    page = await browser.new_page()
+    await page.goto(f"http://127.0.0.1:{at}/")
+    await page.wait_for_function("window.imported !== undefined", timeout=10000)
+    result: str = await page.evaluate("window.imported")
+    await page.close()
+    return result
+
+
+async def test_client_js_can_be_imported_from_another_origin(dashboards: None) -> None:
+    """A dashboard on another origin imports /client.js (a module script needs CORS): with
+    the default security.allowed_origins, any origin may."""
+    async with chromium() as browser:
+        assert await import_from(browser, DASHBOARD_PORT) == "function"
+
+
+@pytest.mark.config({"security": {"allowed_origins": [DASHBOARD_ORIGIN]}})
+async def test_client_js_cors_follows_allowed_origins(dashboards: None) -> None:
+    """With an allow-list, the listed origin may import it and another may not."""
+    async with chromium() as browser:
+        assert await import_from(browser, DASHBOARD_PORT) == "function"
+        assert (await import_from(browser, OTHER_PORT)).startswith("failed")

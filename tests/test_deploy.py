@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 from conftest import ROOT
-from helpers import free_port
+from helpers import chromium, free_port
+from sio_helpers import NodePeer, ensure_node_modules
 
 from miaws.cli.check import Peer, expect_type
 
@@ -120,3 +121,35 @@ async def test_without_heartbeat_the_proxy_cuts_idle_clients(
         assert time.monotonic() - started >= IDLE_TIMEOUT - 0.5  # cut for being idle
     finally:
         peer.close()
+
+
+async def test_socketio_websocket_only_through_nginx(
+    server_process: Any, nginx: Callable[[int], int]
+) -> None:
+    """The official socket.io-client, websocket-only, connects through the shipped config
+    and gets its welcome and a pong (it was refused: nginx sent no Upgrade for /socket.io/)."""
+    ensure_node_modules()
+    server = server_process("server:\n  host: 127.0.0.1\nsocketio:\n  enabled: true\n")
+    port = nginx(server.port)
+    peer = await NodePeer.connect(f"http://127.0.0.1:{port}", "/", "websocket")
+    try:
+        assert peer.welcome["type"] == "welcome"
+        ack = await peer.call("ping", {"id": "through-nginx"})
+        expect_type(ack, "pong", id="through-nginx")
+    finally:
+        await peer.close()
+
+
+async def test_console_behind_nginx_tells_a_proxy_refusal_from_a_key_prompt(
+    server_process: Any, nginx: Callable[[int], int]
+) -> None:
+    """nginx's `deny` answers /api/ with 403: the console says a proxy refused, and does not
+    ask for an API key (miaws's own 401/403 carry a JSON error; tests/test_console.py)."""
+    server = server_process("server:\n  host: 127.0.0.1\n")
+    port = nginx(server.port)
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{port}/")
+        refused = page.locator("#api-refused", has_text="from a proxy in front of miaws")
+        await refused.wait_for(state="visible", timeout=10_000)
+        assert await page.is_hidden("#apikey-form")

@@ -6,11 +6,38 @@ import asyncio
 import gc
 import json
 import tracemalloc
+from pathlib import Path
 
 import pytest
+import tornado
 import websockets
 
-SERVER_FILES = [tracemalloc.Filter(True, "*/miaws/*"), tracemalloc.Filter(True, "*/tornado/*")]
+import miaws
+
+
+def package_files(module: object) -> tracemalloc.Filter:
+    """A filter for the files of one package, by its own folder (a ``*/miaws/*`` pattern
+    also matched a checkout named ``miaws``: its .venv, with the client library, and tests)."""
+    return tracemalloc.Filter(True, str(Path(str(module.__file__)).parent) + "/*")
+
+
+SERVER_FILES = [package_files(miaws), package_files(tornado)]
+
+
+def test_the_filter_counts_only_the_server_packages() -> None:
+    """Files of the checkout outside the package (its venv, the tests) are not counted,
+    whatever the checkout folder is named."""
+    package = Path(str(miaws.__file__)).parent
+    checkout = Path("/tmp/anywhere/miaws")  # a clone named miaws, as the README suggests
+    outside = [
+        checkout / ".venv/lib/python3/site-packages/websockets/protocol.py",
+        checkout / "tests/test_memory.py",
+    ]
+    inside = [package / "service.py", Path(str(tornado.__file__)).parent / "iostream.py"]
+    snapshot = tracemalloc.Snapshot(
+        [(0, 100, ((str(path), 1),), 1) for path in outside + inside], 1
+    ).filter_traces(SERVER_FILES)
+    assert sorted(t.traceback[0].filename for t in snapshot.traces) == sorted(map(str, inside))
 
 
 def server_heap() -> int:

@@ -54,7 +54,11 @@ async def listen(url: str, rooms: list[str], count: int | None, timeout: float |
     if client is None:
         return 1
     try:
-        if not await _join_all(client, rooms, 10.0):
+        try:
+            if not await _join_all(client, rooms, 10.0):
+                return 1
+        except ConnectionLost as exc:
+            _err(str(exc))
             return 1
         seen = 0
         while count is None or seen < count:
@@ -89,9 +93,9 @@ async def send_one(
     if client is None:
         return 1
     try:
-        if not await _join_all(client, rooms, timeout):
-            return 1
         try:
+            if not await _join_all(client, rooms, timeout):
+                return 1
             if no_reply:
                 sent = await client.start_request(message, timeout)
                 await client.request({"type": "ping"}, timeout)
@@ -102,6 +106,9 @@ async def send_one(
                 reply = await client.request(message, timeout)
         except asyncio.TimeoutError:
             _err(f"no reply within {timeout:g}s (some types, like broadcast, send none)")
+            return 1
+        except ConnectionLost as exc:
+            _err(str(exc))
             return 1
         print(encode_json(reply), flush=True)
         return 1 if reply.get("type") == "error" else 0

@@ -61,11 +61,12 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     log.info(
-        "miaws listening on http://%s:%d (WebSocket at %s), plugins: %s",
+        "miaws listening on http://%s:%d (WebSocket at %s), plugins: %s, config %s",
         settings.server.host,
         settings.server.port,
         settings.server.ws_path,
         ", ".join(settings.plugins.enabled),
+        path if path is not None else "none: built-in defaults",
     )
     await stop.wait()
     assert server.service is not None
@@ -74,6 +75,7 @@ async def serve(
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    settings: Settings | None = None
     try:
         path = config_path(args.config)
         settings = load_settings(path)
@@ -85,7 +87,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"miaws: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"miaws: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        where = f" on {settings.server.host}:{settings.server.port}" if settings else ""
+        print(f"miaws: cannot listen{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -13,12 +13,34 @@ async function api(path) {
   const headers = apiKey ? { Authorization: "Bearer " + apiKey } : {};
   const response = await fetch(path, { headers, cache: "no-store" });
   if (response.status === 401 || response.status === 403) {
-    $("apikey-form").hidden = false;
-    $("apikey-error").textContent = response.status === 403 ? "key not accepted" : "";
+    // miaws's own refusal is JSON with an "error"; anything else came from a proxy in front
+    // (nginx's "deny", say), and no API key will change that.
+    if (await fromMiaws(response)) {
+      $("api-refused").hidden = true;
+      $("apikey-form").hidden = false;
+      $("apikey-error").textContent = response.status === 403 ? "key not accepted" : "";
+    } else {
+      $("apikey-form").hidden = true;
+      $("api-refused").hidden = false;
+      $("api-refused").textContent = path + ": HTTP " + response.status +
+        " from a proxy in front of miaws, not from miaws (its API may be reachable only " +
+        "from an internal network)";
+    }
     throw new Error("unauthorised");
   }
   if (!response.ok) throw new Error(path + ": HTTP " + response.status);
+  $("api-refused").hidden = true;
   return response.json();
+}
+
+async function fromMiaws(response) {
+  if (!(response.headers.get("Content-Type") || "").startsWith("application/json")) return false;
+  try {
+    const body = await response.json();
+    return typeof body.error === "string";
+  } catch (e) {
+    return false;
+  }
 }
 
 function cell(row, text) {

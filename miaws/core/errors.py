@@ -155,6 +155,7 @@ class CloseCode(IntEnum):
 
     NORMAL_CLOSURE = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
     UNSUPPORTED_DATA = 1003
     NO_STATUS_RECEIVED = 1005
     ABNORMAL_CLOSURE = 1006
@@ -167,11 +168,11 @@ class CloseCode(IntEnum):
 
 _MEANINGS = {
     1000: "normal closure",
-    1001: "going away (server shutdown or page left)",
+    1001: "going away: server shutdown or page left",
     1002: "protocol error",
-    1003: "unsupported data (binary frame)",
-    1005: "no status received (normal when a tab closes or the network drops)",
-    1006: "abnormal closure (connection lost without a close frame)",
+    1003: "unsupported data: binary frame",
+    1005: "no status received, normal when a tab closes or the network drops",
+    1006: "abnormal closure: connection lost without a close frame",
     1007: "invalid frame payload data",
     1008: "policy violation",
     1009: "message too big",

@@ -14,10 +14,20 @@ import tornado.template
 import tornado.web
 
 from miaws.service import Service
+from miaws.transport.origins import origin_allowed
 
-__all__ = ["ConsoleHandler", "ConsoleAssetHandler", "CONSOLE_DIR", "console_routes"]
+__all__ = [
+    "ConsoleHandler",
+    "ConsoleAssetHandler",
+    "ClientScriptHandler",
+    "FaviconHandler",
+    "CONSOLE_DIR",
+    "STATIC_DIR",
+    "console_routes",
+]
 
 CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _templates = tornado.template.Loader(str(CONSOLE_DIR))
 
 
@@ -57,8 +67,49 @@ class ConsoleAssetHandler(tornado.web.StaticFileHandler):
             raise tornado.web.HTTPError(404)
 
 
+class ClientScriptHandler(tornado.web.StaticFileHandler):
+    """``GET /client.js``: the browser client, an ES module.  A page on another origin may
+    import it when ``security.allowed_origins`` allows that origin (any, when the list is
+    empty), so it is answered with ``Access-Control-Allow-Origin``."""
+
+    service: Service | None = None
+
+    def initialize(
+        self,
+        path: str,
+        default_filename: str | None = None,
+        allowed_symlink_directory: str | list[str] | None = None,
+        service: Service | None = None,
+    ) -> None:
+        super().initialize(path, default_filename, allowed_symlink_directory)
+        self.service = service
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Vary", "Origin")
+        origin = self.request.headers.get("Origin")
+        if origin is None or self.service is None:
+            return
+        allowed = self.service.settings.security.allowed_origins
+        if not allowed:
+            self.set_header("Access-Control-Allow-Origin", "*")
+        elif origin_allowed(origin, allowed):
+            self.set_header("Access-Control-Allow-Origin", origin)
+
+
+class FaviconHandler(tornado.web.RequestHandler):
+    """``GET /favicon.ico``: no icon, 204, so that each console load (browsers ask for one)
+    does not log a WARNING for a 404."""
+
+    def get(self) -> None:
+        self.set_status(204)
+        self.set_header("Cache-Control", "max-age=86400")
+        self.finish()
+
+
 def console_routes(service: Service) -> list[Any]:
     return [
         (r"/", ConsoleHandler, {"service": service}),
         (r"/console/(.*)", ConsoleAssetHandler, {"path": str(CONSOLE_DIR), "service": service}),
+        (r"/favicon\.ico", FaviconHandler),
+        (r"/(client\.js)", ClientScriptHandler, {"path": str(STATIC_DIR), "service": service}),
     ]
