@@ -153,3 +153,13 @@ async def test_console_behind_nginx_tells_a_proxy_refusal_from_a_key_prompt(
         refused = page.locator("#api-refused", has_text="from a proxy in front of miaws")
         await refused.wait_for(state="visible", timeout=10_000)
         assert await page.is_hidden("#apikey-form")
+
+
+def test_deploy_doc_shows_the_shipped_unit() -> None:
+    """docs/deploy.md's unit is deploy/miaws.service without its comments, line for line."""
+    shipped = (ROOT / "deploy" / "miaws.service").read_text().splitlines()
+    shown = re.search(r"```ini\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), re.S)
+    assert shown is not None
+    keep = [line for line in shipped if line and not line.startswith("#")]
+    assert [line for line in shown.group(1).splitlines() if line] == keep
+    assert not any(line.startswith("Documentation=") for line in shipped)
