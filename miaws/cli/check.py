@@ -295,8 +295,14 @@ async def _binary(connect: Callable[[], Awaitable[Peer]], limit: int) -> None:
     expect(code == 1003, f"expected close 1003, got {code}")
 
 
-async def run_health(url: str, timeout: float = 5.0) -> tuple[bool, str]:
-    """Connect, expect the welcome, ping, expect the pong."""
+HEALTHY, FAILED, DEGRADED = 0, 1, 3
+"""``miaws health`` exit codes."""
+
+
+async def run_health(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """Connect, expect the welcome, ping, expect the pong; then read ``GET /health`` for
+    ``degraded`` (the node serves its own clients but its broker is down).  Returns the exit
+    code and one line."""
     started = time.monotonic()
     try:
         peer = await Peer.connect(url, timeout)
@@ -304,9 +310,28 @@ async def run_health(url: str, timeout: float = 5.0) -> tuple[bool, str]:
         expect_type(await peer.request({"type": "ping"}), "pong")
         peer.close()
     except (CheckFailed, OSError, asyncio.TimeoutError, ValueError) as exc:
-        return False, f"FAIL {url}: {exc or type(exc).__name__}"
+        return FAILED, f"FAIL {url}: {exc or type(exc).__name__}"
     ms = (time.monotonic() - started) * 1000
-    return True, f"OK {url}: welcome clientId={peer.welcome.get('clientId')}, pong in {ms:.0f} ms"
+    line = f"{url}: welcome clientId={peer.welcome.get('clientId')}, pong in {ms:.0f} ms"
+    status = await asyncio.get_running_loop().run_in_executor(None, _health_status, url, timeout)
+    if status == "degraded":
+        return DEGRADED, f"DEGRADED {line}; /health says degraded (broker unreachable)"
+    return HEALTHY, f"OK {line}"
+
+
+def _health_status(url: str, timeout: float) -> str | None:
+    """The ``status`` of the server's ``GET /health``, or None when it cannot be read."""
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    try:
+        with urllib.request.urlopen(f"{scheme}://{parts.netloc}/health", timeout=timeout) as r:
+            status = json.loads(r.read()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
 
 
 async def run_check(

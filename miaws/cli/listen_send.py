@@ -69,7 +69,10 @@ async def listen(url: str, rooms: list[str], count: int | None, timeout: float |
                 break
             print(encode_json(message), flush=True)
             seen += 1
-        return 0 if count is None or seen >= count else 1
+        if count is not None and seen < count:
+            _err(f"got {seen} of {count} messages before the timeout ({timeout} s)")
+            return 1
+        return 0
     finally:
         await client.close()
 

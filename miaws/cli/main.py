@@ -81,6 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = load_settings(path)
         if args.port is not None:
             settings = _with_port(settings, args.port)
+        if args.host:
+            settings = _with_host(settings, args.host)
         setup_logging(settings)
         asyncio.run(serve(settings, path, args.port))
     except ConfigError as exc:
@@ -101,12 +103,18 @@ def _with_port(settings: Settings, port: int) -> Settings:
     return dataclasses.replace(settings, server=dataclasses.replace(settings.server, port=port))
 
 
+def _with_host(settings: Settings, host: str) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, server=dataclasses.replace(settings.server, host=host))
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     from miaws.cli.check import run_health
 
-    ok, line = asyncio.run(run_health(args.url, args.timeout))
+    code, line = asyncio.run(run_health(args.url, args.timeout))
     print(line)
-    return 0 if ok else 1
+    return code
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -118,6 +126,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{'PASS' if passed else 'FAIL'}  {name.ljust(width)}  {detail}".rstrip())
     failed = sum(1 for _, passed, _ in results if not passed)
     print(f"{len(results) - failed} passed, {failed} failed")
+    if any(not passed and "1009" in name for name, passed, _ in results):
+        print(
+            "hint: the size scenario assumes limits.max_message_bytes is "
+            f"{args.max_message_bytes}; pass --max-message-bytes with the server's value",
+            file=sys.stderr,
+        )
     return 0 if failed == 0 else 1
 
 
@@ -168,52 +182,120 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     return 0
 
 
+URL_HELP = (
+    "the server: ws://HOST:PORT/ws, http://HOST:PORT or HOST:PORT "
+    "(default: ws://127.0.0.1:$PORT/ws, PORT 3001)"
+)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="miaws", description="A real-time WebSocket server.")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="run the server")
+    from miaws import __version__
+
+    p = argparse.ArgumentParser(
+        prog="miaws",
+        description="A real-time WebSocket server. Exit codes: 0 success, 1 a check or "
+        "request failed, 2 bad configuration or usage, 3 (health) the node is degraded.",
+    )
+    p.add_argument("--version", action="version", version=f"miaws {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=description)
+
+    def timeout(parser: argparse.ArgumentParser, default: float | None = 5.0) -> None:
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=default,
+            metavar="SECONDS",
+            help=f"give up after this many seconds (default: {default or 'none'})",
+        )
+
+    s = command(
+        "serve",
+        "run the server",
+        "Run the server until SIGTERM or SIGINT (clients get close 1001); SIGHUP re-reads "
+        "the config file.",
+    )
     s.add_argument(
         "--config",
         help="config file (default: $MIAWS_CONFIG, else ./config.yaml "
         "when present, else built-in defaults)",
     )
+    s.add_argument("--host", help="override server.host (the address to listen on)")
     s.add_argument("--port", type=int, help="override server.port (and $PORT)")
     s.set_defaults(func=cmd_serve)
-    h = sub.add_parser("health", help="connect, expect welcome, ping, expect pong")
-    h.add_argument("url", nargs="?", type=ws_url, default=default_url())
-    h.add_argument("--timeout", type=float, default=5.0)
+    h = command(
+        "health",
+        "connect, expect welcome, ping, expect pong",
+        "Connect, expect the welcome, ping, expect the pong, then read GET /health. Prints one "
+        "line. Exit 0 healthy, 1 failed, 3 serving but degraded (its broker is down).",
+    )
+    h.add_argument("url", nargs="?", type=ws_url, default=default_url(), help=URL_HELP)
+    timeout(h)
     h.set_defaults(func=cmd_health)
-    c = sub.add_parser("check", help="run every wire-contract scenario against a server")
-    c.add_argument("url", nargs="?", type=ws_url, default=default_url())
-    c.add_argument("--timeout", type=float, default=5.0)
+    c = command(
+        "check",
+        "run every wire-contract scenario against a server",
+        "Run every scenario of the wire contract against a running server and print a "
+        "pass/fail table. Exit 0 only if all pass.",
+    )
+    c.add_argument("url", nargs="?", type=ws_url, default=default_url(), help=URL_HELP)
+    timeout(c)
     c.add_argument(
-        "--max-message-bytes", type=int, default=65536, help="the server's limits.max_message_bytes"
+        "--max-message-bytes",
+        type=int,
+        default=65536,
+        metavar="BYTES",
+        help="the server's limits.max_message_bytes (default: 65536)",
     )
     c.set_defaults(func=cmd_check)
     for name, what in (("clients", "connected clients"), ("rooms", "rooms and member counts")):
-        r = sub.add_parser(name, help=f"print a running server's {what} as a table")
-        r.add_argument("url", nargs="?", default=default_http_url(), help="server URL")
+        r = command(
+            name,
+            f"print a running server's {what} as a table",
+            f"Print a running server's {what} (GET /api/{name}) as a table.",
+        )
+        r.add_argument(
+            "url",
+            nargs="?",
+            default=default_http_url(),
+            help="the server: http://HOST:PORT (default: http://127.0.0.1:$PORT, PORT 3001)",
+        )
         r.add_argument("--api-key", help="bearer key for /api (default: $MIAWS_API_KEY)")
-        r.add_argument("--timeout", type=float, default=5.0)
+        timeout(r)
         r.set_defaults(func=cmd_registry)
-    li = sub.add_parser("listen", help="join rooms and print messages as they come (JSON lines)")
-    li.add_argument("url", nargs="?", type=ws_url, default=default_url())
+    li = command(
+        "listen",
+        "join rooms and print messages as they come (JSON lines)",
+        "Join rooms and print every message as one JSON line as it comes; reconnects and "
+        "re-joins. Exit 1 when --count messages did not arrive in time.",
+    )
+    li.add_argument("url", nargs="?", type=ws_url, default=default_url(), help=URL_HELP)
     li.add_argument("--room", action="append", default=[], help="room to join (repeatable)")
     li.add_argument("--count", type=int, help="stop after this many messages")
-    li.add_argument("--timeout", type=float, help="stop after this many seconds")
+    timeout(li, None)
     li.set_defaults(func=cmd_listen)
-    se = sub.add_parser("send", help="send one JSON message and print the reply")
-    se.add_argument("url", nargs="?", type=ws_url, default=default_url())
+    se = command(
+        "send",
+        "send one JSON message and print the reply",
+        "Send one JSON message and print the reply. Exit 1 on an error reply or a close.",
+    )
+    se.add_argument("url", nargs="?", type=ws_url, default=default_url(), help=URL_HELP)
     se.add_argument("message", help='the message, e.g. \'{"type":"ping"}\'')
     se.add_argument("--join", action="append", default=[], help="room to join first")
-    se.add_argument("--timeout", type=float, default=5.0)
+    timeout(se)
     se.add_argument(
         "--no-reply",
         action="store_true",
         help="the type answers only on error (like broadcast): exit 0 once it was handled",
     )
     se.set_defaults(func=cmd_send)
-    a = sub.add_parser("asyncapi", help="print the AsyncAPI 3.0 document of the configured server")
+    a = command(
+        "asyncapi",
+        "print the AsyncAPI 3.0 document of the configured server",
+        "Print the AsyncAPI 3.0 document of the protocol the configured plugins serve.",
+    )
     a.add_argument("--config", help="config file (found as for serve)")
     a.set_defaults(func=cmd_asyncapi)
     return p
