@@ -75,6 +75,7 @@ def _module_from_path(name: str, path: Path) -> ModuleType:
 def discover(sources: PluginSources) -> dict[str, Callable[[], Any]]:
     """Plugin name -> loader, for every plugin that could be enabled.  Nothing is imported."""
     found: dict[str, Callable[[], Any]] = {}
+    origin: dict[str, str] = {}  # name -> where it was found, for the clash message
     directories = [bundled_plugins_dir()] + [Path(p) for p in sources.paths]
     for directory in directories:
         if not directory.is_dir():
@@ -84,10 +85,24 @@ def discover(sources: PluginSources) -> dict[str, Callable[[], Any]]:
             )
         for path in sorted(directory.glob("*.py")):
             if not path.stem.startswith("_"):
+                _claim(origin, path.stem, str(path), sources.source)
                 found[path.stem] = functools.partial(_module_from_path, path.stem, path)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, ep.load)
+        _claim(origin, ep.name, f"entry point {ep.value}", sources.source)
+        found[ep.name] = ep.load
     return found
+
+
+def _claim(origin: dict[str, str], name: str, where: str, source: str) -> None:
+    """One plugin per name: a second one (a file named like a built-in, a file and an
+    installed package) stops start-up naming both, instead of one silently replacing the
+    other."""
+    if name in origin:
+        raise ConfigError(
+            f"{source}: two plugins are named {name!r}: {origin[name]} and {where}; "
+            "rename one (plugins are enabled by name)"
+        )
+    origin[name] = where
 
 
 def load_plugins(sources: PluginSources) -> pluggy.PluginManager:
@@ -146,6 +161,13 @@ def _per_plugin(pm: pluggy.PluginManager, hook: str) -> list[tuple[HookImpl, Any
         caller = pm.subset_hook_caller(hook, [p for p in others if p is not impl.plugin])
         results.append((impl, [item for result in caller() for item in result or []]))
     return results
+
+
+def _own_folder(plugin: object) -> list[Path]:
+    """The folder of a plugin's module (an installed package's or a plugin file's): its
+    schema files are looked up there first, then in ``schemas.path``, then the bundled ones."""
+    path = getattr(plugin, "__file__", None)
+    return [Path(path).parent] if path else []
 
 
 @dataclass(frozen=True)
@@ -209,6 +231,8 @@ def build_registry(sources: PluginSources) -> Registry:
                     f"message type {descriptor.type!r} is claimed by two plugins: "
                     f"{other!r} and {impl.plugin_name!r}"
                 )
-            schema = load_schema(descriptor.type, descriptor.schema, directories)
+            schema = load_schema(
+                descriptor.type, descriptor.schema, [*_own_folder(impl.plugin), *directories]
+            )
             types[descriptor.type] = BoundType(descriptor, schema, impl.plugin_name)
     return Registry(pm, types)
