@@ -21,5 +21,19 @@ def register_message_types() -> list[MessageType]:
             "broadcast",
             handle_broadcast,
             description="Relays message to everyone, or to one room's members.",
+            replies={  # not a reply to the sender: what every recipient gets
+                "broadcast": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"const": "broadcast"},
+                        "message": {},
+                        "from": {"type": "string"},
+                        "room": {"type": "string"},
+                        "epoch": {"type": "string"},
+                        "seq": {"type": "integer"},
+                    },
+                    "required": ["type", "message", "from"],
+                }
+            },
         )
     ]

@@ -16,4 +16,16 @@ def handle_echo(ctx: Context, message: dict[str, Any]) -> dict[str, Any]:
 
 @hookimpl
 def register_message_types() -> list[MessageType]:
-    return [MessageType("echo", handle_echo, description="Sends the message back as original.")]
+    echo = {
+        "type": "object",
+        "properties": {"type": {"const": "echo"}, "original": {}},
+        "required": ["type", "original"],
+    }
+    return [
+        MessageType(
+            "echo",
+            handle_echo,
+            description="Sends the message back as original.",
+            replies={"echo": echo},
+        )
+    ]

@@ -11,4 +11,5 @@ def handle_ping(ctx: Context, message: dict[str, Any]) -> dict[str, Any]:
 
 @hookimpl
 def register_message_types() -> list[MessageType]:
-    return [MessageType("ping", handle_ping, description="Answers pong.")]
+    pong = {"type": "object", "properties": {"type": {"const": "pong"}}, "required": ["type"]}
+    return [MessageType("ping", handle_ping, description="Answers pong.", replies={"pong": pong})]

@@ -50,6 +50,17 @@ def handle_leave(ctx: Context, message: dict[str, Any]) -> dict[str, Any]:
     return {"type": "room-left", "room": message["room"]}
 
 
+def _room_reply(kind: str, history: bool = False) -> dict[str, Any]:
+    properties: dict[str, Any] = {"type": {"const": kind}, "room": {"type": "string"}}
+    if history:  # rooms with history, and joins with since
+        properties |= {
+            "epoch": {"type": "string"},
+            "seq": {"type": "integer"},
+            "recovered": {"type": "boolean"},
+        }
+    return {"type": "object", "properties": properties, "required": ["type", "room"]}
+
+
 @hookimpl
 def register_message_types() -> list[MessageType]:
     return [
@@ -57,6 +68,12 @@ def register_message_types() -> list[MessageType]:
             "join-room",
             handle_join,
             description="Joins a room; with since, recovers the messages missed since then.",
+            replies={"room-joined": _room_reply("room-joined", history=True)},
         ),
-        MessageType("leave-room", handle_leave, description="Leaves a room."),
+        MessageType(
+            "leave-room",
+            handle_leave,
+            description="Leaves a room.",
+            replies={"room-left": _room_reply("room-left")},
+        ),
     ]

@@ -54,19 +54,35 @@ async def test_asyncapi_document_is_valid_and_lists_every_type(port: int) -> Non
         "broadcast",
         "join-room",
         "leave-room",
+        "reply.pong",
+        "reply.echo",
+        "reply.broadcast",
+        "reply.room-joined",
+        "reply.room-left",
         "server.welcome",
         "server.error",
     }
     since = messages["join-room"]["payload"]["properties"]["since"]
     assert since["required"] == ["epoch", "seq"]
     assert document["operations"]["receive.ping"]["action"] == "receive"
+    # each type's replies, as its plugin declares them, with what the core adds (#16.15)
+    reply = document["operations"]["receive.join-room"]["reply"]
+    assert reply["messages"] == [{"$ref": "#/channels/ws/messages/reply.room-joined"}]
+    joined = messages["reply.room-joined"]["payload"]
+    assert joined["properties"]["type"] == {"const": "room-joined"}
+    assert {"epoch", "seq", "recovered", "timestamp", "id"} <= set(joined["properties"])
 
 
 @pytest.mark.config({"plugins": {"enabled": ["ping"]}})
 async def test_asyncapi_follows_the_enabled_plugins(port: int) -> None:
     """With only ping enabled, only ping (and the core's messages) is described."""
     document = await fetch(port)
-    assert set(document["components"]["messages"]) == {"ping", "server.welcome", "server.error"}
+    assert set(document["components"]["messages"]) == {
+        "ping",
+        "reply.pong",
+        "server.welcome",
+        "server.error",
+    }
 
 
 def test_the_validator_rejects_a_broken_document() -> None:
@@ -99,6 +115,8 @@ def test_cli_prints_the_same_document(tmp_path: Path) -> None:
     assert set(document["components"]["messages"]) == {
         "ping",
         "echo",
+        "reply.pong",
+        "reply.echo",
         "server.welcome",
         "server.error",
     }

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -39,12 +39,16 @@ class MessageType:
     :param schema: ``None`` to use ``<type>.json`` from the schema directories, a file name
         to look up there, or an inline JSON Schema dict.
     :param description: one line for documentation and ``/api/plugins``.
+    :param replies: what the server sends because of such a message: reply ``type`` -> the
+        JSON Schema of that reply (``timestamp`` and ``id`` are added by the core and need not
+        be listed).  Documentation only (the AsyncAPI document); replies are not checked.
     """
 
     type: str
     handler: Handler
     schema: str | dict[str, Any] | None = None
     description: str = ""
+    replies: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def encode_json_bytes(payload: dict[str, Any]) -> bytes:

@@ -71,11 +71,32 @@ def _payload(schema: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in schema.items() if k not in ("$schema", "$id")}
 
 
+def _reply_payload(schema: dict[str, Any]) -> dict[str, Any]:
+    """A declared reply's schema with what the core adds to every reply."""
+    payload = _payload(schema)
+    props = {**payload.get("properties", {})}
+    props.setdefault("timestamp", {"type": "string", "format": "date-time"})
+    props.setdefault("id", {"type": ["string", "integer"]})
+    return {**payload, "properties": props}
+
+
 def asyncapi_document(registry: Registry, host: str, ws_path: str) -> dict[str, Any]:
     """The AsyncAPI 3.0 document of a server with this registry, reached at host."""
     channel_ref = {"$ref": "#/channels/ws"}
     messages: dict[str, Any] = {}
     operations: dict[str, Any] = {}
+    replies: dict[str, tuple[str, dict[str, Any]]] = {}  # reply key -> (type, schema)
+    for _, bound in sorted(registry.types.items()):
+        for reply_type, schema in bound.descriptor.replies.items():
+            replies.setdefault(f"reply.{_key(reply_type)}", (reply_type, schema))
+    for key, (reply_type, schema) in sorted(replies.items()):
+        messages[key] = {
+            "name": reply_type,
+            "title": reply_type,
+            "summary": f"The server sends {reply_type}.",
+            "contentType": "application/json",
+            "payload": _reply_payload(schema),
+        }
     for type_name, bound in sorted(registry.types.items()):
         key = _key(type_name)
         messages[key] = {
@@ -92,6 +113,14 @@ def asyncapi_document(registry: Registry, host: str, ws_path: str) -> dict[str, 
             "summary": f"A client sends {type_name}.",
             "messages": [{"$ref": f"#/channels/ws/messages/{key}"}],
         }
+        if bound.descriptor.replies:
+            operations[f"receive.{key}"]["reply"] = {
+                "channel": channel_ref,
+                "messages": [
+                    {"$ref": f"#/channels/ws/messages/reply.{_key(r)}"}
+                    for r in sorted(bound.descriptor.replies)
+                ],
+            }
     for name, spec in SERVER_MESSAGES.items():
         key = f"server.{name}"
         messages[key] = {"name": name, "title": name, "contentType": "application/json", **spec}
