@@ -207,7 +207,16 @@ class MiawsProtocol(WebSocketProtocol13):
     def _handle_message(self, opcode: int, data: bytes) -> Any:
         if opcode == 0x8:
             self.got_close_frame = True
+            if not self.client_terminated and not _valid_close(data):
+                return self._fail(CloseCode.PROTOCOL_ERROR, "invalid close frame")
         return super()._handle_message(opcode, data)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 section 7.1.7): send a close frame with code, read
+        and drop what the peer still sends (see :meth:`_abort`), stop handling frames."""
+        self.close(code, reason)
+        self._abort()
+        self.client_terminated = True
 
     async def _receive_frame_loop(self) -> None:
         """Start reading frames and return.
@@ -375,6 +384,17 @@ class MiawsProtocol(WebSocketProtocol13):
         if self.got_close_frame:
             return Closed(close_code or CloseCode.NO_STATUS_RECEIVED, "closed by client")
         return Closed(CloseCode.ABNORMAL_CLOSURE, "connection lost")
+
+
+def _valid_close(payload: bytes) -> bool:
+    """A close frame's payload is empty or holds a code a peer may send (RFC 6455 section
+    7.4.1; 1012-1014 from the IANA registry; 3000-4999 registered or private)."""
+    if not payload:
+        return True
+    if len(payload) == 1:
+        return False
+    code = int.from_bytes(payload[:2], "big")
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 def corking() -> bool:
