@@ -4,6 +4,7 @@ running the suite."""
 
 from __future__ import annotations
 
+import logging
 import struct
 
 import pytest
@@ -43,3 +44,15 @@ async def test_empty_close_frame_is_answered(port: int) -> None:
     ws.send_raw(client_frame(b"", 0x8))
     assert await ws.close_code() == 1005  # an empty close frame back
     ws.abort()
+
+
+async def test_close_reason_not_utf8_is_invalid_payload(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Autobahn 7.5.1: 1007, and no traceback from the frame reader."""
+    caplog.set_level(logging.ERROR, logger="miaws")
+    ws = await RawWS.open(port)
+    ws.send_raw(close_frame(1000, "bye \u20ac".encode()[:-1]))  # a cut-off euro sign
+    assert await ws.close_code() == 1007
+    ws.abort()
+    assert not [r for r in caplog.records if "frame reader failed" in r.getMessage()]

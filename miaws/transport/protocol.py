@@ -207,8 +207,13 @@ class MiawsProtocol(WebSocketProtocol13):
     def _handle_message(self, opcode: int, data: bytes) -> Any:
         if opcode == 0x8:
             self.got_close_frame = True
-            if not self.client_terminated and not _valid_close(data):
-                return self._fail(CloseCode.PROTOCOL_ERROR, "invalid close frame")
+            if not self.client_terminated:
+                if not _valid_close(data):
+                    return self._fail(CloseCode.PROTOCOL_ERROR, "invalid close frame")
+                try:  # Tornado's to_unicode would raise in the frame reader
+                    data[2:].decode()
+                except UnicodeDecodeError:
+                    return self._fail(CloseCode.INVALID_PAYLOAD, "close reason not UTF-8")
         return super()._handle_message(opcode, data)
 
     def _fail(self, code: int, reason: str) -> None:
