@@ -33,7 +33,8 @@ from miaws.core.registry import LocalRegistry
 from miaws.transport.frames import text_frame
 
 SERVER_TYPES = {"welcome", "pong", "echo", "broadcast", "room-joined", "room-left", "error"}
-CLOSE_CODES = {1003, 1008, 1009, 1013}  # what a client can earn; 1011 would be a bug
+# what a client can earn (1002 a bad close frame, 1007 text not UTF-8); 1011 would be a bug
+CLOSE_CODES = {1002, 1003, 1007, 1008, 1009, 1013}
 CLIENT_TYPES = ["ping", "echo", "broadcast", "join-room", "leave-room"]
 
 json_values = st.recursive(

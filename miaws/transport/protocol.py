@@ -15,8 +15,13 @@ header field and payload) with one that parses every complete frame of each read
 it *corks* writes: frames sent while a read is being handled (replies, broadcasts) are
 collected per connection and written with one ``stream.write`` each when the read is done.
 Reads are driven by future callbacks, each its own turn of the event loop, so after each read
-the other connections get theirs (fair turns).  Everything else - control
-frames, fragmentation, the size limit (1009), UTF-8 checks, closing - stays Tornado's.
+the other connections get theirs (fair turns).  The reader checks UTF-8 as it arrives
+(RFC 6455 section 8.1, fail fast): a single text frame whole, as before (the hot path); a
+fragmented text message with an incremental decoder, fragment by fragment; and a text frame
+still incomplete, part by part as its bytes come in; any of them not UTF-8 closes with 1007.
+Close frames with an invalid code (section 7.4.1) are answered with 1002, a close reason that
+is not UTF-8 with 1007 (Autobahn 6.4.*, 7.5.1, 7.9.*; issue 15).  Everything else - control
+frames, the size limit (1009), closing - stays Tornado's.
 
 Tornado internals used here are declared in :mod:`miaws.transport.tornado_private`.
 """
@@ -24,13 +29,16 @@ Tornado internals used here are declared in :mod:`miaws.transport.tornado_privat
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar, cast
+from weakref import WeakKeyDictionary
 
 from tornado.concurrent import Future
 from tornado.ioloop import IOLoop
 from tornado.iostream import SSLIOStream, StreamClosedError
+from tornado.util import _websocket_mask
 from tornado.websocket import WebSocketProtocol13
 
 from miaws.core.errors import CloseCode
@@ -52,6 +60,13 @@ READ_CHUNK = 65536
 # protocol's instance dict past CPython's shared-key limit, ~1.3 KiB more per connection.)
 _corked: dict[MiawsProtocol, list[bytes]] | None = None
 _tasks: set[asyncio.Future[Any]] = set()  # see _keep
+# UTF-8 checked as it arrives (fail fast, RFC 6455 section 8.1), kept here rather than on the
+# protocol (the shared-key limit again): the decoder and the text so far of a fragmented text
+# message, and the check of a text frame's payload while the frame is incomplete.
+_Decoder = codecs.IncrementalDecoder
+_utf8 = codecs.getincrementaldecoder("utf-8")
+_messages: WeakKeyDictionary[MiawsProtocol, tuple[_Decoder, list[str]]] = WeakKeyDictionary()
+_partials: WeakKeyDictionary[MiawsProtocol, _PartialText] = WeakKeyDictionary()
 _loop = asyncio.get_running_loop
 T = TypeVar("T")
 
@@ -207,8 +222,13 @@ class MiawsProtocol(WebSocketProtocol13):
     def _handle_message(self, opcode: int, data: bytes) -> Any:
         if opcode == 0x8:
             self.got_close_frame = True
-            if not self.client_terminated and not _valid_close(data):
-                return self._fail(CloseCode.PROTOCOL_ERROR, "invalid close frame")
+            if not self.client_terminated:
+                if not _valid_close(data):
+                    return self._fail(CloseCode.PROTOCOL_ERROR, "invalid close frame")
+                try:  # Tornado's to_unicode would raise in the frame reader
+                    data[2:].decode()
+                except UnicodeDecodeError:
+                    return self._fail(CloseCode.INVALID_PAYLOAD, "close reason not UTF-8")
         return super()._handle_message(opcode, data)
 
     def _fail(self, code: int, reason: str) -> None:
@@ -267,9 +287,17 @@ class MiawsProtocol(WebSocketProtocol13):
         pending = self._pending
         if pending is not None:
             pending += chunk
+            partial = _partials.get(self) if _partials else None
             if len(pending) < self._need:
+                if partial is not None and not partial.valid(pending):
+                    self._pending = None
+                    self._fail(CloseCode.INVALID_PAYLOAD, "text not UTF-8")
+                    self._stopped()
+                    return
                 self._read_next()
                 return
+            if partial is not None:
+                del _partials[self]  # complete: the frame loop checks it whole
             self._pending = None
             chunk = bytes(pending)
         elif len(chunk) < self._need:
@@ -328,7 +356,11 @@ class MiawsProtocol(WebSocketProtocol13):
             frame = parse_frame(data, pos, limit if fragments is None else limit - len(fragments))
             if type(frame) is int:
                 if frame > 0:  # incomplete: the bytes it needs from pos, and those it has
-                    return frame, data[pos:]
+                    tail = data[pos:]
+                    if frame > 10 and len(tail) > 2 and not self._check_partial(tail):
+                        self._fail(CloseCode.INVALID_PAYLOAD, "text not UTF-8")
+                        return None
+                    return frame, tail
                 if frame == TOO_BIG:
                     self.close(1009, "message too big")
                 self._abort()
@@ -341,8 +373,21 @@ class MiawsProtocol(WebSocketProtocol13):
                         return None
                     fragments.extend(payload)
                     opcode = self._fragmented_message_opcode
-                    payload = bytes(fragments)
                     self._fragmented_message_buffer = None
+                    if opcode == 0x1:
+                        decoder, parts = _messages.pop(self)
+                        try:
+                            parts.append(decoder.decode(payload, True))
+                        except UnicodeDecodeError:
+                            self._fail(CloseCode.INVALID_PAYLOAD, "text not UTF-8")
+                            return None
+                        handled = self._run_callback(self.handler.on_message, "".join(parts))
+                        if handled is not None:
+                            return _Paused(handled, pos)
+                        if self.client_terminated:
+                            return None
+                        continue
+                    payload = bytes(fragments)
                 elif fragments is not None and not opcode & 0x08:
                     self._abort()  # a new message before the last one finished
                     return None
@@ -350,7 +395,7 @@ class MiawsProtocol(WebSocketProtocol13):
                     try:
                         text = payload.decode()
                     except UnicodeDecodeError:
-                        self._abort()
+                        self._fail(CloseCode.INVALID_PAYLOAD, "text not UTF-8")
                         return None
                     handled = self._run_callback(self.handler.on_message, text)
                 else:
@@ -367,12 +412,54 @@ class MiawsProtocol(WebSocketProtocol13):
                     self._abort()
                     return None
                 fragments.extend(payload)
+                if self._fragmented_message_opcode == 0x1:
+                    decoder, parts = _messages[self]
+                    try:
+                        parts.append(decoder.decode(payload))
+                    except UnicodeDecodeError:
+                        self._fail(CloseCode.INVALID_PAYLOAD, "text not UTF-8")
+                        return None
             elif fragments is not None:
                 self._abort()
                 return None
             else:
                 self._fragmented_message_opcode = opcode  # type: ignore[assignment]
                 self._fragmented_message_buffer = bytearray(payload)
+                if opcode == 0x1:
+                    decoder = _utf8()
+                    try:
+                        parts = [decoder.decode(payload)]
+                    except UnicodeDecodeError:
+                        self._fail(CloseCode.INVALID_PAYLOAD, "text not UTF-8")
+                        return None
+                    _messages[self] = decoder, parts
+
+    def _check_partial(self, tail: bytes) -> bool:
+        """Whether the part of an incomplete frame in tail is valid so far, when it is text
+        (a text frame, or a continuation of a text message).  Its check then goes on in
+        :meth:`_on_read` as the rest arrives (:class:`_PartialText`)."""
+        b0, b1 = tail[0], tail[1]
+        opcode = b0 & 0x0F
+        if opcode == 0x1:
+            decoder = _utf8()
+        elif opcode == 0 and self._fragmented_message_opcode == 0x1 and self in _messages:
+            decoder = _utf8()
+            decoder.setstate(_messages[self][0].getstate())
+        else:
+            return True
+        n = b1 & 0x7F
+        head = 2 + (2 if n == 126 else 8 if n == 127 else 0)
+        mask = b"\0\0\0\0"
+        if b1 & 0x80:
+            mask = tail[head : head + 4]
+            head += 4
+        if len(tail) < head:
+            return True  # the header is not complete yet: checked once the frame is
+        partial = _PartialText(decoder, mask, head)
+        if not partial.valid(tail):
+            return False
+        _partials[self] = partial
+        return True
 
     def ended(self, close_code: int | None) -> Closed:
         """How this connection ended: what the server sent, what the client's close frame
@@ -416,6 +503,34 @@ def run_corked(function: Callable[..., T], *args: Any) -> T:
         _corked = None  # frames sent while these are written go out directly
         for protocol, box in corked.items():
             protocol._write_out(box)
+
+
+class _PartialText:
+    """The UTF-8 check of a text frame's payload while the frame is incomplete: what came
+    so far is unmasked and decoded, each part once."""
+
+    __slots__ = ("decoder", "mask", "head", "checked")
+
+    def __init__(self, decoder: _Decoder, mask: bytes, head: int) -> None:
+        self.decoder = decoder
+        self.mask = mask
+        self.head = head  # the header's length: where the payload starts
+        self.checked = 0  # payload bytes decoded so far
+
+    def valid(self, frame: bytes | bytearray) -> bool:
+        """Whether the payload in frame (the frame's start, incomplete) is valid so far."""
+        start = self.head + self.checked
+        new = bytes(frame[start:])
+        if not new:
+            return True
+        k = self.checked % 4
+        mask = self.mask[k:] + self.mask[:k]
+        self.checked += len(new)
+        try:
+            self.decoder.decode(_websocket_mask(mask, new))
+        except UnicodeDecodeError:
+            return False
+        return True
 
 
 class _Paused(NamedTuple):
