@@ -88,6 +88,14 @@ async def test_console_panel_and_registry(
             '{"type":"leave-room","',
         ]
 
+        # the raw box sends any text as typed: a type of one's own, or a malformed message
+        await page.fill("#raw-text", '{"type":"ping","id":"raw-1"}')
+        await page.click("#raw")
+        assert '"id":"raw-1"' in await received(page, "pong")
+        await page.fill("#raw-text", "not json")
+        await page.click("#raw")
+        assert "invalid-json" in await received(page, "error")
+
         shot = tmp_path / "console.png"
         await page.screenshot(path=str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -130,7 +130,7 @@ function logLine(direction, data) {
 }
 
 function setConnected(connected) {
-  for (const id of ["ping", "echo", "broadcast", "join", "leave"]) $(id).disabled = !connected;
+  for (const id of ["ping", "echo", "broadcast", "join", "leave", "raw"]) $(id).disabled = !connected;
   $("connect").textContent = connected ? "Disconnect" : "Connect";
 }
 
@@ -184,6 +184,13 @@ $("broadcast").addEventListener("click", () => {
 $("join").addEventListener("click", () => send({ type: "join-room", room: $("room").value.trim() }));
 $("leave").addEventListener("click", () => send({ type: "leave-room", room: $("room").value.trim() }));
 $("clear").addEventListener("click", () => $("log").replaceChildren());
+// Any text, as typed (a plugin's own type, or what the server answers to a bad message).
+$("raw").addEventListener("click", () => {
+  if (!socket || socket.readyState !== WebSocket.OPEN) return;
+  const text = $("raw-text").value;
+  socket.send(text);
+  logLine("out", text);
+});
 
 refresh();
 setInterval(refresh, POLL_MS);
