@@ -48,6 +48,15 @@ REASON_CODES: dict[str, Closed] = {
 """python-socketio's disconnect reason -> how the connection ended, as the log shows it."""
 
 
+def compression_enabled(settings: Any) -> bool:
+    """Whether Socket.IO compresses: permessage-deflate on its WebSocket, gzip/deflate on its
+    polling responses.  The one place that reads it.  miaws has no compression setting yet, so
+    this is off, as socket.io 4's default and the native endpoint's; a ``compression.enabled``
+    setting, when added, is read here."""
+    compression = getattr(settings, "compression", None)
+    return bool(getattr(compression, "enabled", False))
+
+
 class _Server(socketio.AsyncServer):  # type: ignore[misc]
     """python-socketio's server, closing a connection that sends a packet it cannot parse
     (as socket.io's own server does) instead of logging a traceback and going on."""
@@ -97,7 +106,11 @@ class SocketIOBridge:
     def __init__(self, service: Service) -> None:
         self.service = service
         s = service.settings
-        options: dict[str, Any] = {"max_http_buffer_size": s.limits.max_message_bytes}
+        self.compression = compression_enabled(s)
+        options: dict[str, Any] = {
+            "max_http_buffer_size": s.limits.max_message_bytes,
+            "http_compression": self.compression,  # Engine.IO's default is on
+        }
         if s.heartbeat.interval:
             options.update(ping_interval=s.heartbeat.interval, ping_timeout=s.heartbeat.timeout)
         self.sio = _Server(
@@ -119,6 +132,7 @@ class SocketIOBridge:
         """The Tornado request handler class to mount at :data:`PATH`."""
         base: Any = socketio.get_tornado_handler(self.sio)
         admission = self.service.admission
+        compression = self.compression
 
         class Handler(base):  # type: ignore[misc]
             def prepare(self) -> Any:
@@ -141,6 +155,11 @@ class SocketIOBridge:
                 # event, then ack) until the client's delayed ACK, some 40 ms later.
                 self.set_nodelay(True)
                 return super().open(*args, **kwargs)
+
+            def get_compression_options(self) -> dict[str, Any] | None:
+                # Engine.IO's handler offers permessage-deflate to every WebSocket ({}); it
+                # follows miaws's setting instead (None: not negotiated).
+                return {} if compression else None
 
         return Handler
 
