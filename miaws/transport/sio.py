@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import engineio.exceptions
 import socketio
-from socketio import packet
 
 from miaws.core.errors import CloseCode
 from miaws.core.model import Client, Closed, Encoded, Outgoing
@@ -172,14 +172,19 @@ class SocketIOBridge:
     # ------------------------------------------------------------ sending
     def encode(self, message: Encoded, namespace: str) -> str:
         """The Socket.IO EVENT packet for message, encoded once per broadcast: the hub hands
-        every recipient the same :class:`Encoded`, so the last packet is reused."""
+        every recipient the same :class:`Encoded`, so the last packet is reused.
+
+        Written from the message's JSON text (encoded once, as for /ws) rather than through
+        python-socketio's ``Packet``, which would JSON-encode the payload again and walk it
+        for binary parts first (a message is JSON: it has none).  Same text as
+        ``Packet(EVENT, namespace, [type, payload]).encode()`` but for non-ASCII characters,
+        which stay unescaped (as on /ws and in Node's socket.io)."""
         last = self._last
         if last is not None and last[0] is message and last[1] == namespace:
             return last[2]
-        pkt = self.sio.packet_class(
-            packet.EVENT, namespace=namespace, data=[message.payload["type"], message.payload]
-        )
-        text: str = pkt.encode()
+        prefix = "2[" if namespace == "/" else f"2{namespace},["
+        event = json.dumps(message.payload["type"])
+        text = f"{prefix}{event},{message.text}]"
         self._last = (message, namespace, text)
         return text
 
