@@ -418,3 +418,31 @@ async def test_room_history_in_another_namespace(
     event, missed = await late.recv()
     assert (event, missed["message"], missed["seq"]) == ("broadcast", "c", 1)
     await native.expect_silence(0.1)
+
+
+# ---------------------------------------------------------------- compression
+
+
+async def test_websocket_negotiates_no_compression(port: int) -> None:
+    """Compression follows miaws's setting (off; Engine.IO's own handler offers
+    permessage-deflate to every WebSocket): a client offering it gets a 101 without
+    Sec-WebSocket-Extensions."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    try:
+        writer.write(
+            b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+            b"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        )
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode("latin-1")
+    finally:
+        writer.close()
+    assert head.startswith("HTTP/1.1 101"), head
+    assert "sec-websocket-extensions" not in head.lower(), head
+
+
+async def test_polling_is_not_compressed(service: Service) -> None:
+    """The polling transport too: Engine.IO's http_compression (on by default) is off."""
+    assert service.socketio is not None
+    assert service.socketio.sio.eio.http_compression is False

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import engineio.exceptions
 import socketio
-from socketio import packet
 
 from miaws.core.errors import CloseCode
 from miaws.core.model import Client, Closed, Encoded, Outgoing
@@ -46,6 +46,15 @@ REASON_CODES: dict[str, Closed] = {
     "ping timeout": Closed(CloseCode.ABNORMAL_CLOSURE, "dead: missed heartbeat", dead=True),
 }
 """python-socketio's disconnect reason -> how the connection ended, as the log shows it."""
+
+
+def compression_enabled(settings: Any) -> bool:
+    """Whether Socket.IO compresses: permessage-deflate on its WebSocket, gzip/deflate on its
+    polling responses.  The one place that reads it.  miaws has no compression setting yet, so
+    this is off, as socket.io 4's default and the native endpoint's; a ``compression.enabled``
+    setting, when added, is read here."""
+    compression = getattr(settings, "compression", None)
+    return bool(getattr(compression, "enabled", False))
 
 
 class _Server(socketio.AsyncServer):  # type: ignore[misc]
@@ -97,7 +106,11 @@ class SocketIOBridge:
     def __init__(self, service: Service) -> None:
         self.service = service
         s = service.settings
-        options: dict[str, Any] = {"max_http_buffer_size": s.limits.max_message_bytes}
+        self.compression = compression_enabled(s)
+        options: dict[str, Any] = {
+            "max_http_buffer_size": s.limits.max_message_bytes,
+            "http_compression": self.compression,  # Engine.IO's default is on
+        }
         if s.heartbeat.interval:
             options.update(ping_interval=s.heartbeat.interval, ping_timeout=s.heartbeat.timeout)
         self.sio = _Server(
@@ -119,6 +132,7 @@ class SocketIOBridge:
         """The Tornado request handler class to mount at :data:`PATH`."""
         base: Any = socketio.get_tornado_handler(self.sio)
         admission = self.service.admission
+        compression = self.compression
 
         class Handler(base):  # type: ignore[misc]
             def prepare(self) -> Any:
@@ -142,6 +156,11 @@ class SocketIOBridge:
                 self.set_nodelay(True)
                 return super().open(*args, **kwargs)
 
+            def get_compression_options(self) -> dict[str, Any] | None:
+                # Engine.IO's handler offers permessage-deflate to every WebSocket ({}); it
+                # follows miaws's setting instead (None: not negotiated).
+                return {} if compression else None
+
         return Handler
 
     async def shutdown(self) -> None:
@@ -153,14 +172,19 @@ class SocketIOBridge:
     # ------------------------------------------------------------ sending
     def encode(self, message: Encoded, namespace: str) -> str:
         """The Socket.IO EVENT packet for message, encoded once per broadcast: the hub hands
-        every recipient the same :class:`Encoded`, so the last packet is reused."""
+        every recipient the same :class:`Encoded`, so the last packet is reused.
+
+        Written from the message's JSON text (encoded once, as for /ws) rather than through
+        python-socketio's ``Packet``, which would JSON-encode the payload again and walk it
+        for binary parts first (a message is JSON: it has none).  Same text as
+        ``Packet(EVENT, namespace, [type, payload]).encode()`` but for non-ASCII characters,
+        which stay unescaped (as on /ws and in Node's socket.io)."""
         last = self._last
         if last is not None and last[0] is message and last[1] == namespace:
             return last[2]
-        pkt = self.sio.packet_class(
-            packet.EVENT, namespace=namespace, data=[message.payload["type"], message.payload]
-        )
-        text: str = pkt.encode()
+        prefix = "2[" if namespace == "/" else f"2{namespace},["
+        event = json.dumps(message.payload["type"])
+        text = f"{prefix}{event},{message.text}]"
         self._last = (message, namespace, text)
         return text
 
