@@ -47,8 +47,8 @@ class ConsoleHandler(tornado.web.RequestHandler):
         self.finish(page)
 
 
-class ConsoleAssetHandler(tornado.web.StaticFileHandler):
-    """``GET /console/<file>``: the page's script and style sheet."""
+class _ServiceStaticHandler(tornado.web.StaticFileHandler):
+    """Tornado's static files, with the service at hand (for its settings)."""
 
     service: Service | None = None
 
@@ -61,28 +61,20 @@ class ConsoleAssetHandler(tornado.web.StaticFileHandler):
     ) -> None:
         super().initialize(path, default_filename, allowed_symlink_directory)
         self.service = service
+
+
+class ConsoleAssetHandler(_ServiceStaticHandler):
+    """``GET /console/<file>``: the page's script and style sheet."""
 
     def prepare(self) -> None:
         if self.service is not None and not self.service.settings.console.enabled:
             raise tornado.web.HTTPError(404)
 
 
-class ClientScriptHandler(tornado.web.StaticFileHandler):
+class ClientScriptHandler(_ServiceStaticHandler):
     """``GET /client.js``: the browser client, an ES module.  A page on another origin may
     import it when ``security.allowed_origins`` allows that origin (any, when the list is
     empty), so it is answered with ``Access-Control-Allow-Origin``."""
-
-    service: Service | None = None
-
-    def initialize(
-        self,
-        path: str,
-        default_filename: str | None = None,
-        allowed_symlink_directory: str | list[str] | None = None,
-        service: Service | None = None,
-    ) -> None:
-        super().initialize(path, default_filename, allowed_symlink_directory)
-        self.service = service
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Vary", "Origin")
