@@ -202,6 +202,9 @@ def parser() -> argparse.ArgumentParser:
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=summary, description=description)
 
+    def ws_url_argument(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("url", nargs="?", type=ws_url, default=default_url(), help=URL_HELP)
+
     def timeout(parser: argparse.ArgumentParser, default: float | None = 5.0) -> None:
         parser.add_argument(
             "--timeout",
@@ -231,7 +234,7 @@ def parser() -> argparse.ArgumentParser:
         "Connect, expect the welcome, ping, expect the pong, then read GET /health. Prints one "
         "line. Exit 0 healthy, 1 failed, 3 serving but degraded (its broker is down).",
     )
-    h.add_argument("url", nargs="?", type=ws_url, default=default_url(), help=URL_HELP)
+    ws_url_argument(h)
     timeout(h)
     h.set_defaults(func=cmd_health)
     c = command(
@@ -240,7 +243,7 @@ def parser() -> argparse.ArgumentParser:
         "Run every scenario of the wire contract against a running server and print a "
         "pass/fail table. Exit 0 only if all pass.",
     )
-    c.add_argument("url", nargs="?", type=ws_url, default=default_url(), help=URL_HELP)
+    ws_url_argument(c)
     timeout(c)
     c.add_argument(
         "--max-message-bytes",
@@ -271,7 +274,7 @@ def parser() -> argparse.ArgumentParser:
         "Join rooms and print every message as one JSON line as it comes; reconnects and "
         "re-joins. Exit 1 when --count messages did not arrive in time.",
     )
-    li.add_argument("url", nargs="?", type=ws_url, default=default_url(), help=URL_HELP)
+    ws_url_argument(li)
     li.add_argument("--room", action="append", default=[], help="room to join (repeatable)")
     li.add_argument("--count", type=int, help="stop after this many messages")
     timeout(li, None)
@@ -281,7 +284,7 @@ def parser() -> argparse.ArgumentParser:
         "send one JSON message and print the reply",
         "Send one JSON message and print the reply. Exit 1 on an error reply or a close.",
     )
-    se.add_argument("url", nargs="?", type=ws_url, default=default_url(), help=URL_HELP)
+    ws_url_argument(se)
     se.add_argument("message", help='the message, e.g. \'{"type":"ping"}\'')
     se.add_argument("--join", action="append", default=[], help="room to join first")
     timeout(se)
