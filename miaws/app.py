@@ -22,7 +22,18 @@ from miaws.service import Service
 from miaws.transport.native import WebSocketEndpoint
 from miaws.transport.upgrade import UpgradeServer
 
-__all__ = ["make_app", "make_server"]
+__all__ = ["make_app", "make_server", "MiawsApplication"]
+
+
+class MiawsApplication(tornado.web.Application):
+    """Tornado's application, without the access-log line of a request refused by a
+    connection limit (a handler with ``limit_refused`` set): those refusals are counted and
+    logged at most once per 10 s by the admission path, and a flood of them must not become
+    a flood of log lines (Tornado logs every 4xx/5xx response)."""
+
+    def log_request(self, handler: tornado.web.RequestHandler) -> None:
+        if not getattr(handler, "limit_refused", False):
+            super().log_request(handler)
 
 
 def tornado_settings(service: Service) -> dict[str, Any]:
@@ -56,7 +67,7 @@ def make_app(service: Service) -> tornado.web.Application:
 
         service.socketio = SocketIOBridge(service)
         routes.append((PATH, service.socketio.handler()))
-    return tornado.web.Application(routes, **tornado_settings(service))
+    return MiawsApplication(routes, **tornado_settings(service))
 
 
 # Bytes IOStream reads per recv.  Tornado's default is 64 KiB, and it allocates and zeroes a
@@ -74,7 +85,9 @@ def make_server(app: tornado.web.Application, service: Service) -> UpgradeServer
     ``server.header_timeout`` bounds the first request head of every connection (read by
     UpgradeServer, whichever path it is for); ``server.idle_timeout`` is Tornado's
     ``idle_connection_timeout``, the wait for each later request head of a keep-alive
-    connection (Tornado's default is 3600 s)."""
+    connection (Tornado's default is 3600 s); ``server.body_timeout`` is Tornado's
+    ``body_timeout``, the time a request has to send its whole body once its head is read
+    (Tornado's default is none)."""
     s = service.settings.server
     return UpgradeServer(
         app,
@@ -84,4 +97,5 @@ def make_server(app: tornado.web.Application, service: Service) -> UpgradeServer
         chunk_size=READ_CHUNK_SIZE,
         header_timeout=s.header_timeout,
         idle_connection_timeout=s.idle_timeout,
+        body_timeout=s.body_timeout,
     )

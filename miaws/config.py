@@ -61,6 +61,11 @@ class ServerSettings:
         "Seconds an HTTP keep-alive connection may wait for its next request head; later: closed.",
         expect="a positive number of seconds",
     )
+    body_timeout: float = setting(
+        30.0,
+        "Seconds an HTTP request has, after its head, to send its whole body; later: closed.",
+        expect="a positive number of seconds",
+    )
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,24 @@ class LimitsSettings:
         "Connections this process accepts; one more is closed with 1013. 0: the descriptor limit "
         "less 10% and 32.",
         expect="a whole number of connections, 0 for one derived from the descriptor limit",
+    )
+    connection_rate: float = setting(
+        0.0,
+        "New connections this process accepts per second (token bucket, both transports); "
+        "over it: HTTP 503 with Retry-After before the upgrade. 0: no limit.",
+        expect="a number of connections per second, 0 for no limit",
+    )
+    connection_burst: int = setting(
+        0,
+        "New connections accepted at once above limits.connection_rate (bucket size); "
+        "0: one second's worth.",
+        expect="a whole number of connections, 0 for one second's worth",
+    )
+    max_connections_per_ip: int = setting(
+        0,
+        "Connections one client address may hold open (both transports); one more: HTTP 429 "
+        "before the upgrade. Behind a proxy the address is the proxy's. 0: no limit.",
+        expect="a whole number of connections, 0 for no limit",
     )
     max_rooms_per_client: int = setting(
         1000,
@@ -435,7 +458,7 @@ def _validate(s: Settings) -> None:
             f"{src}: server.ws_path has value {s.server.ws_path!r}; expected a URL "
             "path starting with '/'"
         )
-    for key in ("header_timeout", "idle_timeout"):
+    for key in ("header_timeout", "idle_timeout", "body_timeout"):
         value = getattr(s.server, key)
         if not value > 0:
             raise ConfigError(

@@ -26,7 +26,7 @@ async def test_an_accept_check_in_admission_reaches_both_transports(
     """One new refusal in Admission.refusal: /ws closes with its code and reason, Socket.IO
     refuses with its reason, and neither client is registered."""
     refusal = Refused(503, 1013, "no new clients on Tuesdays", retry_after=1.0)
-    monkeypatch.setattr(Admission, "refusal", lambda self, remote_ip: refusal)
+    monkeypatch.setattr(Admission, "refusal", lambda self, remote_ip, **kw: refusal)
     native = await websocket_connect(ws_url)
     assert await native.read_message() is None  # no welcome
     assert (native.close_code, native.close_reason) == (1013, "no new clients on Tuesdays")

@@ -22,7 +22,7 @@ from typing import Protocol
 from miaws.core.errors import RateLimited
 from miaws.core.model import Client
 
-__all__ = ["Limits", "MessageLimits", "TokenBucket", "RateLimiter", "FLOODING"]
+__all__ = ["Limits", "MessageLimits", "TokenBucket", "RateLimiter", "FLOODING", "bucket_size"]
 
 FLOODING = "rate limit exceeded: flooding"
 
@@ -53,6 +53,12 @@ class MessageLimits:
     max_room_members: int = 0
 
 
+def bucket_size(rate: float, burst: int) -> float:
+    """The size of a bucket refilled at rate: burst, or when that is 0 one second's worth
+    (at least 1).  For messages (``limits.burst``) and connections (``limits.connection_burst``)."""
+    return float(burst or max(1, math.ceil(rate)))
+
+
 class TokenBucket:
     """One client's tokens; ``strikes`` counts refusals net of acceptances."""
 
@@ -77,7 +83,7 @@ class RateLimiter:
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate = rate
-        self.burst = float(burst or max(1, math.ceil(rate)))
+        self.burst = bucket_size(rate, burst)
         self.close_after = close_after
         self.now = now
 

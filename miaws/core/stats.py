@@ -69,6 +69,7 @@ class Stats:
         "errors",
         "latency",
         "accept_exhausted",
+        "refused",
     )
 
     def __init__(self) -> None:
@@ -80,6 +81,8 @@ class Stats:
         self.errors: Counter[str] = Counter()  # error code -> count
         self.latency: dict[str, Histogram] = {}  # message type -> handler time
         self.accept_exhausted = 0  # accept() refused for want of a descriptor (EMFILE/ENFILE)
+        # (transport, the limit's key: connection_rate, max_connections_per_ip, ...) -> count
+        self.refused: Counter[tuple[str, str]] = Counter()
 
     def connected(self, transport: str) -> None:
         self.connects[transport] += 1

@@ -68,6 +68,16 @@ class MiawsCollector(Collector):
             value=stats.accept_exhausted,
         )
 
+        refused = CounterMetricFamily(
+            "miaws_connections_refused",
+            "New connections refused by a limit, by transport and limit "
+            "(connection_rate, max_connections_per_ip, max_connections, shutting_down).",
+            labels=["transport", "limit"],
+        )
+        for (transport, limit), count in sorted(stats.refused.items()):
+            refused.add_metric([transport, limit], count)
+        yield refused
+
         yield _by_label(
             "miaws_messages_in",
             "Client messages received, by type (enabled types only).",

@@ -4,46 +4,62 @@ Both endpoints, the native one (:mod:`miaws.transport.native`) and the Socket.IO
 (:mod:`miaws.transport.sio`), run a connection through the same steps, in this order, and only
 translate each answer into their own wire form::
 
-    before the upgrade   admission.origin(origin, ...)        -> Refused(403) or None
+    before the upgrade   admission.arrive(remote_ip, ...)     -> held address, or Refused(429 | 503)
+                         admission.origin(origin, ...)        -> Refused(403) or None
                          admission.identify(headers, query)   -> Identity | None, or Refused(401)
     at accept            admission.refusal(remote_ip)         -> Refused(1001 | 1013) or None
                          admission.admit(client, identity)    -> registered, welcomed, hooks told
     while connected      admission.over_queue_cap(q, size)    -> True: call slow_consumer(...)
                          admission.handler_failed(client)     -> traceback logged, close 1011
     at the end           admission.end(client, closed)        -> log line, metrics, hook
+                         admission.leave(held)                -> the address's count back
 
 A :class:`Refused` carries both answers, ``status`` (the HTTP status before the upgrade) and
 ``code`` (the WebSocket close code after it), and a ``reason`` safe to show the client: the
-native endpoint answers 401/403 before the upgrade and closes with 1001/1013 after it; the
-Socket.IO bridge refuses with a ``connect_error`` carrying the reason.
+native endpoint answers 401/403/429/503 before the upgrade and closes with 1001/1013 after it;
+the Socket.IO bridge answers 429/503 before Engine.IO sees a new connection and refuses the
+others with a ``connect_error`` carrying the reason.
 
-A new accept-time check goes here and nowhere else: a check that needs no identity (a
-connection rate, a per-IP cap, answered HTTP 503 with ``Retry-After`` before the upgrade)
-belongs in a step before :meth:`Admission.identify` and returns a :class:`Refused` with
-``status=503`` and ``retry_after``; state it keeps per connection is released in
-:meth:`Admission.end`.
+A new accept-time check goes here and nowhere else.  A check that needs no identity (the
+connection rate, the per-address cap) is a step of :meth:`Admission.arrive`, before
+:meth:`Admission.identify`, answered with an HTTP status (and ``Retry-After`` when waiting
+helps) before the upgrade.  What it counts per connection is given back by
+:meth:`Admission.leave` when the *transport connection* ends, admitted or not: a refused
+upgrade has no client for :meth:`Admission.end`, and one Socket.IO connection may carry a
+client per namespace.
+
+Refusals by a limit are counted (``Stats.refused``, ``miaws_connections_refused_total``) and
+logged at most once per :data:`LOG_EVERY` seconds per limit, with the count since the last
+line: a flood of refused connections must not become a flood of log lines.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from miaws.core.connlimits import AddressCounts, ConnectionRate
 from miaws.core.errors import AuthError, CloseCode, MiawsError
 from miaws.core.model import Client, Closed
 from miaws.transport.auth import Identity
 from miaws.transport.origins import origin_allowed
 
 if TYPE_CHECKING:
+    import tornado.web
+
     from miaws.service import Service
 
-__all__ = ["Admission", "Refused", "SLOW_CONSUMER", "INTERNAL_ERROR"]
+__all__ = ["Admission", "Refused", "refuse_request", "SLOW_CONSUMER", "INTERNAL_ERROR", "LOG_EVERY"]
 
 log = logging.getLogger("miaws")
 
 SLOW_CONSUMER = Closed(CloseCode.TRY_AGAIN_LATER, "slow consumer: too much data queued")
 INTERNAL_ERROR = Closed(CloseCode.INTERNAL_ERROR, "internal error")
+LOG_EVERY = 10.0  # seconds between two lines about refusals by one limit, at least
 
 
 class Refused(MiawsError):
@@ -60,16 +76,124 @@ class Refused(MiawsError):
         self.reason = reason
         self.retry_after = retry_after
 
+    def http_headers(self) -> dict[str, str]:
+        """The headers of this refusal as an HTTP response: ``Retry-After`` in whole
+        seconds (at least 1) when there is one."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+def refuse_request(
+    handler: tornado.web.RequestHandler,
+    refused: Refused,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Answer a request refused before the upgrade (either transport): the status, the
+    refusal's headers (``Retry-After``) and headers, the reason as the body, and the
+    connection closed once it is sent (``Connection: close``), on Tornado's HTTP/1 path as on
+    the short way in (:mod:`miaws.transport.upgrade`, which closes a refused upgrade itself)."""
+    handler.set_status(refused.status)
+    for name, value in {**refused.http_headers(), **(headers or {})}.items():
+        handler.set_header(name, value)
+    handler.set_header("Connection", "close")
+    flushed = handler.finish(f"{refused.reason}\n")
+    close = getattr(handler.request.connection, "close", None)  # Tornado's HTTP1Connection
+    if close is not None:
+        flushed.add_done_callback(lambda _: close())
+
+
+class RefusalLog:
+    """One warning per limit per :data:`LOG_EVERY` seconds: the first refusal at once, the
+    ones after it counted and told in the next line."""
+
+    __slots__ = ("unlogged", "logged_at", "now")
+
+    def __init__(self, now: Any = time.monotonic) -> None:
+        self.unlogged: Counter[str] = Counter()  # limit -> refusals since its last line
+        self.logged_at: dict[str, float] = {}
+        self.now = now
+
+    def refused(self, limit: str, what: str, answer: str, remote_ip: str) -> None:
+        """Count one refusal by limit (what: the limit and its figure; answer: what the
+        client got), logging it when a line is due."""
+        self.unlogged[limit] += 1
+        now = self.now()
+        last = self.logged_at.get(limit)
+        if last is not None and now - last < LOG_EVERY:
+            return
+        count = self.unlogged.pop(limit)
+        since = f"in the last {now - last:.0f} s" if last is not None else "so far"
+        log.warning(
+            "connection refused remote=%s: %s reached, answered %s; %d refused %s (at most "
+            "one such line per %.0f s)",
+            remote_ip,
+            what,
+            answer,
+            count,
+            since,
+            LOG_EVERY,
+            extra={"event": "connection_refused", "limit": limit, "count": count},
+        )
+        self.logged_at[limit] = now
+
 
 class Admission:
     """The admission path of one :class:`~miaws.service.Service` (see the module docstring)."""
 
-    __slots__ = ("service",)
+    __slots__ = ("service", "rate", "addresses", "refusals")
 
     def __init__(self, service: Service) -> None:
         self.service = service
+        self.rate = ConnectionRate()  # limits.connection_rate, one bucket for the node
+        self.addresses = AddressCounts()  # limits.max_connections_per_ip
+        self.refusals = RefusalLog()
+
+    def _refuse(self, limit: str, what: str, answer: str, remote_ip: str, transport: str) -> None:
+        self.service.stats.refused[transport, limit] += 1
+        self.refusals.refused(limit, what, answer, remote_ip)
 
     # ------------------------------------------------------------ before the upgrade
+    def arrive(self, remote_ip: str, *, transport: str = "ws") -> str | None:
+        """A new connection, before anything else is looked at (its token included):
+        ``limits.max_connections_per_ip`` (:class:`Refused` 429), then
+        ``limits.connection_rate`` (:class:`Refused` 503 with ``retry_after``).
+
+        Returns the address whose count the connection now holds, None when none is counted
+        (the cap is off); give it to :meth:`leave` when the connection ends, however it
+        ends.  A refused connection holds nothing."""
+        limits = self.service.settings.limits
+        cap = limits.max_connections_per_ip
+        if cap and not self.addresses.take(remote_ip, cap):
+            self._refuse(
+                "max_connections_per_ip",
+                f"limits.max_connections_per_ip ({cap})",
+                "HTTP 429",
+                remote_ip,
+                transport,
+            )
+            raise Refused(429, CloseCode.TRY_AGAIN_LATER, "too many connections from your address")
+        rate = limits.connection_rate
+        if rate > 0:
+            wait = self.rate.take(rate, limits.connection_burst)
+            if wait:
+                if cap:
+                    self.addresses.release(remote_ip)
+                self._refuse(
+                    "connection_rate",
+                    f"limits.connection_rate ({rate:g}/s)",
+                    "HTTP 503",
+                    remote_ip,
+                    transport,
+                )
+                raise Refused(
+                    503,
+                    CloseCode.TRY_AGAIN_LATER,
+                    "too many new connections: try again later",
+                    retry_after=max(1, math.ceil(wait)),
+                )
+        return remote_ip if cap else None
+
     def origin(self, origin: str | None, *, remote_ip: str, endpoint: str = "upgrade") -> None:
         """``security.allowed_origins``: raise :class:`Refused` (403) for a foreign origin.
 
@@ -117,17 +241,19 @@ class Admission:
         return Refused(401, CloseCode.POLICY_VIOLATION, reason[:120])
 
     # ------------------------------------------------------------ at accept
-    def refusal(self, remote_ip: str) -> Refused | None:
+    def refusal(self, remote_ip: str, *, transport: str = "ws") -> Refused | None:
         """The accept-time checks: shutting down (1001), ``limits.max_connections`` (1013)."""
         service = self.service
         if service.shutting_down:
+            service.stats.refused[transport, "shutting_down"] += 1
             return Refused(503, CloseCode.GOING_AWAY, "server shutting down")
         if service.at_capacity():
-            log.warning(
-                "connection refused remote=%s: limits.max_connections (%d) reached; closing "
-                "with 1013",
+            self._refuse(
+                "max_connections",
+                f"limits.max_connections ({service.max_connections()})",
+                "close 1013" if transport == "ws" else "connect_error",
                 remote_ip,
-                service.settings.limits.max_connections,
+                transport,
             )
             return Refused(503, CloseCode.TRY_AGAIN_LATER, "server full: try again later")
         return None
@@ -170,3 +296,9 @@ class Admission:
     def end(self, client: Client, closed: Closed) -> None:
         """An admitted client is gone: the disconnect log line, the metrics, the hook."""
         self.service.disconnect(client, closed)
+
+    def leave(self, held: str | None) -> None:
+        """A transport connection that :meth:`arrive` let in has ended (admitted or not):
+        give back what it held (call once, with what ``arrive`` returned)."""
+        if held is not None:
+            self.addresses.release(held)

@@ -19,8 +19,13 @@ from __future__ import annotations
 __all__ = ["PRIVATE", "UNDOCUMENTED", "ENVIRON_KEYS", "declared"]
 
 PRIVATE: dict[str, tuple[str, ...]] = {
-    # overridden: a packet it cannot parse closes the connection instead of a traceback
-    "socketio.async_server.AsyncServer": ("_handle_eio_message",),
+    # overridden: a packet it cannot parse closes the connection instead of a traceback;
+    # an Engine.IO connection's start and end, for what the admission path counted for it
+    "socketio.async_server.AsyncServer": (
+        "_handle_eio_message",
+        "_handle_eio_connect",
+        "_handle_eio_disconnect",
+    ),
 }
 """Underscore names, by class (checked with hasattr)."""
 

@@ -27,7 +27,7 @@ from tornado.websocket import WebSocketProtocol
 from miaws.core.errors import CloseCode
 from miaws.core.model import Client, Encoded, Outgoing
 from miaws.service import Service
-from miaws.transport.admission import SLOW_CONSUMER, Refused
+from miaws.transport.admission import SLOW_CONSUMER, Refused, refuse_request
 from miaws.transport.auth import Identity
 from miaws.transport.frames import text_frame
 from miaws.transport.protocol import MiawsProtocol
@@ -106,26 +106,43 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
     # Slots keep the instance dict below CPython's 30-key limit for shared-key dicts
     # (Tornado adds seven keys when the WebSocket opens); past it each handler carries a
     # private 1.6 KiB dict.
-    __slots__ = ("service", "client", "identity", "_late_timer")
+    __slots__ = ("service", "client", "identity", "_late_timer", "_held", "limit_refused")
 
     def initialize(self, service: Service) -> None:
         self.service = service
         self.client: NativeClient | None = None
         self.identity: Identity | None = None  # None after open: waiting for {"type":"auth"}
         self._late_timer: object | None = None
+        self._held: str | None = None  # what admission.arrive counted, until _leave()
+        self.limit_refused = False  # refused by a connection limit: no access-log line
 
     def prepare(self) -> None:
-        """Authenticate before the upgrade: a missing or bad token is answered 401."""
+        """Before the upgrade: the connection limits (429, or 503 with ``Retry-After``), then
+        authentication (a missing or bad token is answered 401)."""
+        admission = self.service.admission
+        remote_ip = self.request.remote_ip or ""
         try:
-            self.identity = self.service.admission.identify(
-                self.request.headers,
-                self.request.query_arguments,
-                remote_ip=self.request.remote_ip or "",
+            self._held = admission.arrive(remote_ip)
+        except Refused as exc:
+            self.limit_refused = True
+            refuse_request(self, exc)
+            return
+        try:
+            self.identity = admission.identify(
+                self.request.headers, self.request.query_arguments, remote_ip=remote_ip
             )
         except Refused as exc:
-            self.set_status(exc.status)
-            self.set_header("WWW-Authenticate", 'Bearer realm="miaws"')
-            self.finish(f"{exc}\n")
+            refuse_request(self, exc, {"WWW-Authenticate": 'Bearer realm="miaws"'})
+
+    def on_finish(self) -> None:
+        # The response is written: a refusal (401, 403, 400, ...) ends the connection here;
+        # a 101 goes on until on_close.
+        if self.get_status() != 101:
+            self._leave()
+
+    def _leave(self) -> None:
+        held, self._held = self._held, None
+        self.service.admission.leave(held)
 
     def check_origin(self, origin: str) -> bool:
         """Called by Tornado for cross-origin upgrades only; False answers 403."""
@@ -266,6 +283,7 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
             self.service.deliver(self.client, outgoing)
 
     def on_close(self) -> None:
+        self._leave()
         if self._late_timer is not None:
             IOLoop.current().remove_timeout(self._late_timer)
             self._late_timer = None

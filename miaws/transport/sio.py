@@ -30,7 +30,7 @@ import socketio
 from miaws.core.errors import CloseCode
 from miaws.core.model import Client, Closed, Encoded, Outgoing
 from miaws.service import Service
-from miaws.transport.admission import SLOW_CONSUMER, Refused
+from miaws.transport.admission import SLOW_CONSUMER, Refused, refuse_request
 
 __all__ = ["SocketIOBridge", "SocketIOClient", "REASON_CODES"]
 
@@ -59,9 +59,21 @@ def compression_enabled(settings: Any) -> bool:
 
 class _Server(socketio.AsyncServer):  # type: ignore[misc]
     """python-socketio's server, closing a connection that sends a packet it cannot parse
-    (as socket.io's own server does) instead of logging a traceback and going on."""
+    (as socket.io's own server does) instead of logging a traceback and going on, and
+    telling the bridge when an Engine.IO connection starts and ends (what the admission path
+    counted for it is given back then)."""
 
     bridge: SocketIOBridge
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        await super()._handle_eio_connect(eio_sid, environ)
+        self.bridge.eio_connected(eio_sid, environ)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        try:
+            await super()._handle_eio_disconnect(eio_sid, reason)
+        finally:
+            self.bridge.eio_disconnected(eio_sid)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
@@ -122,6 +134,7 @@ class SocketIOBridge:
         )
         self.sio.bridge = self
         self.clients: dict[tuple[str, str], SocketIOClient] = {}  # (namespace, sid) -> client
+        self.held: dict[str, str] = {}  # eio_sid -> what admission.arrive counted for it
         self._tasks: set[asyncio.Future[Any]] = set()
         self._last: tuple[Encoded, str, str] | None = None
         self.sio.on("connect", self.on_connect, namespace="*")
@@ -135,20 +148,49 @@ class SocketIOBridge:
         compression = self.compression
 
         class Handler(base):  # type: ignore[misc]
+            # What admission.arrive counted for the new connection this request opens, until
+            # Engine.IO makes a session of it (SocketIOBridge.eio_connected) or it ends.
+            held: str | None = None
+            limit_refused = False  # refused by a connection limit: no access-log line
+
             def prepare(self) -> Any:
+                request = self.request
+                remote_ip = request.remote_ip or ""
+                # A GET without a sid opens an Engine.IO connection (polling or WebSocket):
+                # the connection limits answer 429, or 503 with Retry-After, before Engine.IO
+                # sees it.  Every later request of a connection carries its sid.
+                if request.method == "GET" and "sid" not in request.query_arguments:
+                    try:
+                        self.held = admission.arrive(remote_ip, transport="socket.io")
+                    except Refused as exc:
+                        self.limit_refused = True
+                        refuse_request(self, exc)
+                        return None
                 # security.allowed_origins, as on /ws: a foreign origin gets 403 before
                 # Engine.IO sees the request (same-origin pages are always allowed).
-                origin = self.request.headers.get("Origin")
-                if origin is not None and urlsplit(origin).netloc != self.request.host:
+                origin = request.headers.get("Origin")
+                if origin is not None and urlsplit(origin).netloc != request.host:
                     try:
-                        admission.origin(
-                            origin, remote_ip=self.request.remote_ip or "", endpoint="Socket.IO"
-                        )
+                        admission.origin(origin, remote_ip=remote_ip, endpoint="Socket.IO")
                     except Refused as exc:
                         self.set_status(exc.status)
                         self.finish()
                         return None
                 return super().prepare()
+
+            def on_finish(self) -> None:
+                # A polling handshake that made no session, or a refusal; a 101 goes on
+                # until on_close.
+                if self.get_status() != 101:
+                    self.leave()
+
+            def on_close(self) -> None:
+                self.leave()
+                super().on_close()
+
+            def leave(self) -> None:
+                held, self.held = self.held, None
+                admission.leave(held)
 
             def open(self, *args: Any, **kwargs: Any) -> Any:
                 # As on /ws: without it Nagle holds the second of two small writes (reply
@@ -162,6 +204,18 @@ class SocketIOBridge:
                 return {} if compression else None
 
         return Handler
+
+    def eio_connected(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        """Engine.IO made a session of a new connection: what its handshake request held
+        is now the session's, given back when it ends (:meth:`eio_disconnected`)."""
+        handler: Any = environ.get("tornado.handler")
+        held = getattr(handler, "held", None)
+        if held is not None:
+            handler.held = None
+            self.held[eio_sid] = held
+
+    def eio_disconnected(self, eio_sid: str) -> None:
+        self.service.admission.leave(self.held.pop(eio_sid, None))
 
     async def shutdown(self) -> None:
         """End every Engine.IO connection and python-socketio's background tasks."""
@@ -246,7 +300,10 @@ class SocketIOBridge:
         if (namespace, sid) in self.clients:
             return True  # a client-sent "connect" event, not a connection
         admission = self.service.admission
-        remote_ip = environ.get("REMOTE_ADDR", "")
+        # Engine.IO's Tornado driver sets REMOTE_ADDR to 127.0.0.1 whoever connects; the
+        # address is the request's, as Tornado worked it out.
+        handler = environ.get("tornado.handler")
+        remote_ip = getattr(getattr(handler, "request", None), "remote_ip", None) or ""
         # The token may also come in the Socket.IO auth payload.  There is no late token
         # here: a client without one is refused (connect_error).
         token = auth.get("token") if isinstance(auth, dict) else None
@@ -261,7 +318,7 @@ class SocketIOBridge:
                 late_allowed=False,
                 endpoint="Socket.IO",
             )
-            refused = admission.refusal(remote_ip)
+            refused = admission.refusal(remote_ip, transport="socket.io")
             if refused is not None:
                 raise refused
         except Refused as exc:
