@@ -21,6 +21,7 @@ import socketio
 import tornado.httpclient
 from helpers import eventually
 from prometheus_client.parser import text_string_to_metric_families
+from rawws import RawWS
 from sio_helpers import SioPeer
 
 from miaws.config import build_settings
@@ -129,6 +130,10 @@ async def test_rate_refuses_ws_with_503_and_retry_after_then_recovers(
         assert refused.headers["Connection"] == "close"
         assert b"try again later" in refused.body
     assert service.connected_count() == 3
+    served = RawWS(opened[0].reader, opened[0].writer)
+    assert (await served.read_json())["type"] == "welcome"
+    served.send_json({"type": "ping", "id": 1})
+    assert (await served.read_json())["type"] == "pong"  # the open ones are served
     await asyncio.sleep(1.1)
     passed = await upgrade(port)
     assert passed.status == 101
@@ -269,6 +274,18 @@ async def test_per_ip_cap_on_socketio_counts_connections_not_requests(
     counts = await refused_counts(port)
     assert counts["socket.io", "max_connections_per_ip"] == 9
     assert service.socketio.held == {}
+    # A WebSocket that Engine.IO makes no session of (a protocol version it does not speak)
+    # holds its count until it closes.
+    for _ in range(3):
+        stray = await upgrade(port, "/socket.io/?EIO=3&transport=websocket")
+        assert stray.status == 101
+        await eventually(lambda: service.admission.addresses.held("127.0.0.1") == 1)
+        stray.abort()
+        await eventually(lambda: service.admission.addresses.counts == {})
+        # and a polling handshake refused by Engine.IO holds nothing once answered
+        old = await client.fetch(f"{url}/socket.io/?EIO=3&transport=polling", raise_error=False)
+        assert old.code == 400
+        assert service.admission.addresses.counts == {}
 
 
 @pytest.mark.config(
@@ -287,6 +304,24 @@ async def test_per_ip_socketio_polling_session_that_times_out_gives_its_count_ba
     await eventually(lambda: service.admission.addresses.counts == {}, timeout=10)
     again = await client.fetch(f"http://127.0.0.1:{port}{SIO_POLL}")
     assert again.code == 200
+
+
+@pytest.mark.config({"limits": {"max_connections_per_ip": 1}})
+async def test_socketio_client_address_is_the_peers(port: int, service: Service) -> None:
+    """A Socket.IO client is counted and listed under its own address (Engine.IO's Tornado
+    driver says 127.0.0.1 for everyone; miaws reads the request's)."""
+    conn = await upgrade(port, SIO_WS, source="127.0.0.2")
+    assert conn.status == 101
+    raw = RawWS(conn.reader, conn.writer)
+    frame = await raw.read_frame()
+    assert frame is not None and frame[1].startswith(b"0{")  # Engine.IO's open packet
+    raw.send_text("40")  # Socket.IO CONNECT to /
+    await eventually(lambda: service.connected_count() == 1)
+    (info,) = service.clients_info()
+    assert info["remoteAddress"] == "127.0.0.2"
+    assert service.admission.addresses.counts == {"127.0.0.2": 1}
+    conn.abort()
+    await eventually(lambda: service.admission.addresses.counts == {})
 
 
 # ------------------------------------------------------------ request bodies
