@@ -8,7 +8,9 @@ running configuration stays.  Otherwise the sections that can change live are ap
   it (a type whose plugin was switched off answers ``unknown-type``).
 - ``limits``: ``max_message_bytes`` applies to connections opened after the reload (Tornado
   fixes the limit of a connection when it opens); the message rate and room limits apply
-  from the next message (``max_connections`` from the next connection).
+  from the next message (``max_connections``, ``connection_rate``, ``connection_burst`` and
+  ``max_connections_per_ip`` from the next connection; a per-address cap switched on counts
+  only the connections opened after it).
 - ``logging``, ``api``, ``console``: at once.
 
 Every other section (``server``, ``heartbeat``, sections of other features) keeps its running
