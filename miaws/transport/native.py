@@ -15,6 +15,7 @@ import inspect
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import tornado
@@ -114,18 +115,36 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         self.identity: Identity | None = None  # None after open: waiting for {"type":"auth"}
         self._late_timer: object | None = None
 
-    def prepare(self) -> None:
-        """Authenticate before the upgrade: a missing or bad token is answered 401."""
+    def prepare(self) -> Awaitable[None] | None:
+        """Authenticate before the upgrade: a missing or bad token is answered 401 (a connect
+        backend may say 403, or fail: 503); an awaitable when a backend decides."""
         try:
-            self.identity = self.service.admission.identify(
+            identity = self.service.admission.identify(
                 self.request.headers,
                 self.request.query_arguments,
                 remote_ip=self.request.remote_ip or "",
             )
         except Refused as exc:
-            self.set_status(exc.status)
+            self._refuse_upgrade(exc)
+            return None
+        if identity is None or isinstance(identity, Identity):
+            self.identity = identity
+            return None
+        return self._identify_later(identity)
+
+    async def _identify_later(self, pending: Awaitable[Identity]) -> None:
+        try:
+            self.identity = await pending
+        except Refused as exc:
+            self._refuse_upgrade(exc)
+
+    def _refuse_upgrade(self, exc: Refused) -> None:
+        self.set_status(exc.status)
+        if exc.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="miaws"')
-            self.finish(f"{exc}\n")
+        if exc.retry_after is not None:
+            self.set_header("Retry-After", f"{exc.retry_after:g}")
+        self.finish(f"{exc}\n")
 
     def check_origin(self, origin: str) -> bool:
         """Called by Tornado for cross-origin upgrades only; False answers 403."""
@@ -192,7 +211,7 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
             user_agent=self.request.headers.get("User-Agent", ""),
             connected_at=self.service.clock.timestamp(),
         )
-        self.service.admission.admit(self.client, identity)
+        self.service.admission.admit(self.client, identity, self.request.headers)
         self._shed()
 
     def _shed(self) -> None:
