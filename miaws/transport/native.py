@@ -10,6 +10,7 @@ connection's :class:`~miaws.transport.protocol.MiawsProtocol` (the wire side).
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import inspect
 import logging
@@ -134,7 +135,9 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
 
     async def _identify_later(self, pending: Awaitable[Identity]) -> None:
         try:
-            self.identity = await pending
+            # A task of its own: the short way in runs this handler without one
+            # (miaws.transport.upgrade._run), and aiohttp's timeouts need a task.
+            self.identity = await asyncio.ensure_future(pending)
         except Refused as exc:
             self._refuse_upgrade(exc)
 
