@@ -353,3 +353,37 @@ def test_config_errors() -> None:
 
 
 _ = AsyncHTTPClient  # the http_server_client fixture's class
+
+
+@pytest.mark.config(proxy_config(SUBMIT))
+async def test_reload_keeps_the_running_proxy_types(
+    http_server_client: Any,
+    ws_connect: Connect,
+    service: Service,
+    tmp_path: Path,
+    backend: TestBackend,
+) -> None:
+    """proxy.* needs a restart: a reload that also changes plugins reports proxy.types as
+    such and the registry keeps the running types (not the file's new one)."""
+    import yaml
+
+    backend.route("/submit", reply({}))
+    path = tmp_path / "config.yaml"
+    new_types = [
+        SUBMIT | {"url": f"{backend.url}/submit"},
+        {"type": "new.one", "url": f"{backend.url}/x"},
+    ]
+    path.write_text(
+        yaml.safe_dump(
+            {"plugins": {"enabled": ["ping", "rooms", "proxy"]}, "proxy": {"types": new_types}}
+        )
+    )
+    service.config_path = path
+    response = await http_server_client.fetch("/api/reload", method="POST", body="")
+    body = json.loads(response.body)
+    assert body["applied"] == ["plugins.enabled"]
+    assert body["restartRequired"] == ["proxy.types"]
+    peer = await ws_connect()
+    expect_error(await peer.request({"type": "new.one"}), "unknown-type")
+    expect_error(await peer.request({"type": "echo", "message": 1}), "unknown-type")
+    expect_type(await peer.request({"type": "order.submit"}), "order.submit.result")
