@@ -105,6 +105,21 @@ async def test_socketio_connect_accepted_and_refused(
     assert "backend unavailable" in await refused(port, headers={"Cookie": "session=good"})
 
 
+# python-socketio's client waits for its pending long-poll before a disconnect completes; a
+# short heartbeat keeps that wait short (as in test_socketio.py).
+@pytest.mark.config({**AUTH, "heartbeat": {"interval": 1, "timeout": 1}})
+async def test_socketio_polling_connect(port: int, backend: TestBackend, service: Service) -> None:
+    """Over Engine.IO long-polling the cookie of the polling request reaches the backend too."""
+    backend.route("/connect", connect_script)
+    peer = await SioPeer.connect(
+        f"http://127.0.0.1:{port}", transports=["polling"], headers={"Cookie": "session=good"}
+    )
+    try:
+        assert [c["user"] for c in service.clients_info()] == ["alice"]
+    finally:
+        await peer.close()
+
+
 @pytest.mark.config({"auth": {**AUTH["auth"], "proxy_cache_seconds": 30}})
 async def test_answers_cached_when_asked(
     ws_connect: Connect, ws_url: str, backend: TestBackend

@@ -13,6 +13,7 @@ from test_scaling import Start, start_nodes
 from tornado.httpclient import AsyncHTTPClient
 
 from miaws.cli.check import Peer, expect_type
+from miaws.service import Service
 
 
 async def post(
@@ -151,3 +152,18 @@ async def test_idempotency_across_two_nodes(
     finally:
         for peer in peers:
             peer.close()
+
+
+async def test_a_key_in_progress_is_409(
+    http_server_client: Any, ws_connect: Connect, service: Service
+) -> None:
+    """While the first request with a key is being delivered (its claim is in the broker
+    without an answer yet), a repeat gets 409 with Retry-After and nothing is sent."""
+    peer = await ws_connect()
+    assert await service.broker.store("idem:busy", b"", 10, if_absent=True) is None
+    status, body, headers = await post(
+        http_server_client, "/api/publish", {"message": 1}, key="busy"
+    )
+    assert status == 409 and "in progress" in body["error"]
+    assert headers["Retry-After"] == "1"
+    await peer.expect_silence(0.2)
