@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from miaws.core.context import Context
     from miaws.core.errors import (
+        BackendError,
+        BackendTimeout,
         CloseCode,
         ConfigError,
         Forbidden,
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from miaws.core.history import Joined, Position
     from miaws.core.hookspecs import hookimpl
     from miaws.core.model import Client, MessageType
+    from miaws.integration.backend import Answer, Backends
 
 __version__ = "0.1.0"
 
@@ -50,6 +53,10 @@ _EXPORTS = {
     "NotInRoom": "miaws.core.errors",
     "RateLimited": "miaws.core.errors",
     "Forbidden": "miaws.core.errors",
+    "BackendError": "miaws.core.errors",
+    "BackendTimeout": "miaws.core.errors",
+    "Backends": "miaws.integration.backend",
+    "Answer": "miaws.integration.backend",
 }
 
 __all__ = [  # the same names as _EXPORTS (tests/test_layers.py), spelled out for tools
@@ -69,6 +76,10 @@ __all__ = [  # the same names as _EXPORTS (tests/test_layers.py), spelled out fo
     "NotInRoom",
     "RateLimited",
     "Forbidden",
+    "BackendError",
+    "BackendTimeout",
+    "Backends",
+    "Answer",
     "__version__",
 ]
 

@@ -26,7 +26,14 @@ from miaws.core.history import HistoryRoom
 if TYPE_CHECKING:
     from miaws.core.plugins import PluginSources
 
-__all__ = ["Settings", "ConfigError", "load_settings", "settings_table", "BUILTIN_PLUGINS"]
+__all__ = [
+    "Settings",
+    "ConfigError",
+    "ProxyType",
+    "load_settings",
+    "settings_table",
+    "BUILTIN_PLUGINS",
+]
 
 BUILTIN_PLUGINS = ("ping", "echo", "broadcast", "rooms")
 
@@ -150,8 +157,10 @@ class LimitsSettings:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    mode: Literal["none", "jwt", "token"] = setting(
-        "none", "How clients authenticate: none, jwt or token.", expect="one of none, jwt, token"
+    mode: Literal["none", "jwt", "token", "proxy"] = setting(
+        "none",
+        "How clients authenticate: none, jwt, token, or proxy (a backend decides; auth.proxy_url).",
+        expect="one of none, jwt, token, proxy",
     )
     jwt_secret: str | None = setting(
         None,
@@ -186,6 +195,22 @@ class AuthSettings:
         "Seconds a connection without a token may stay open waiting for its "
         '{"type":"auth"} first message; 0: the token must come with the upgrade.',
         expect="a number of seconds",
+    )
+    proxy_url: str | None = setting(
+        None,
+        "mode proxy: URL the upgrade's chosen headers are POSTed to; the backend answers "
+        "{user, rooms, info} (2xx) or refuses (401/403).",
+        expect="an http:// or https:// URL",
+    )
+    proxy_headers: list[str] = setting(
+        ["cookie", "authorization"],
+        "mode proxy: the upgrade request headers sent to auth.proxy_url.",
+        expect="a list of header names",
+    )
+    proxy_cache_seconds: float = setting(
+        0.0,
+        "mode proxy: seconds an answer is reused for the same headers and query; 0: never.",
+        expect="a number of seconds, 0 for no cache",
     )
 
 
@@ -239,6 +264,12 @@ class ApiSettings:
         [],
         "Bearer keys for /api/*; empty (and no MIAWS_API_KEY): the API is open.",
         expect="a list of non-empty strings",
+    )
+    idempotency_window: float = setting(
+        300.0,
+        "Seconds a POST /api/publish Idempotency-Key is remembered: a repeat delivers nothing "
+        "and gets the first answer.",
+        expect="a positive number of seconds",
     )
 
 
@@ -298,6 +329,60 @@ class HistorySettings:
 
 
 @dataclass(frozen=True)
+class ProxyType:
+    """One entry of ``proxy.types``: a message type answered by an HTTP backend."""
+
+    type: str
+    url: str
+    schema: str | None = None  # a schema file name; None: any object
+    timeout: float | None = None  # None: proxy.timeout
+    forward_headers: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    types: list[ProxyType] = setting(
+        [],
+        "Message types answered by an HTTP backend (plugin proxy): a list of {type, url, "
+        "schema?, timeout?, forward_headers?}.",
+        expect="a list of {type, url, schema?, timeout?, forward_headers?} mappings",
+    )
+    timeout: float = setting(
+        5.0,
+        "Seconds a backend call may take (proxied types without their own, auth.proxy_url, "
+        "rooms.join_proxy_url); later: error backend-timeout.",
+        expect="a positive number of seconds",
+    )
+    max_concurrent: int = setting(
+        64,
+        "Calls in flight to one backend (scheme, host and port) at once; more wait their turn "
+        "within their timeout.",
+        expect="a whole number of calls, at least 1",
+    )
+    breaker_failures: int = setting(
+        5,
+        "Consecutive failures (5xx, timeout, unreachable) that open a backend's circuit: "
+        "calls then fail at once; 0: never open.",
+        expect="a whole number of failures, 0 for no circuit breaker",
+    )
+    breaker_seconds: float = setting(
+        10.0,
+        "Seconds an open circuit fails calls at once before one probe call is let through.",
+        expect="a positive number of seconds",
+    )
+
+
+@dataclass(frozen=True)
+class RoomsSettings:
+    join_proxy_url: str | None = setting(
+        None,
+        "URL asked before each join (POST with the client's identity and the room): 2xx "
+        "allows, 403 refuses (error forbidden); none: no backend is asked.",
+        expect="an http:// or https:// URL",
+    )
+
+
+@dataclass(frozen=True)
 class ShutdownSettings:
     drain_seconds: float = setting(
         0.0,
@@ -322,6 +407,8 @@ class Settings:
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    rooms: RoomsSettings = field(default_factory=RoomsSettings)
     source: str = field(default="defaults", compare=False)
     """Where the settings came from (file path or 'defaults'), for messages."""
 
@@ -330,7 +417,7 @@ class Settings:
         from miaws.core.plugins import PluginSources  # pluggy and jsonschema only when used
 
         return PluginSources(
-            self.plugins.enabled, self.plugins.paths, self.schemas.path, self.source
+            self.plugins.enabled, self.plugins.paths, self.schemas.path, self.source, config=self
         )
 
 
@@ -498,6 +585,101 @@ def _validate(s: Settings) -> None:
     _validate_limits(src, s)
     if any(not key.strip() for key in s.api.keys):
         raise ConfigError(f"{src}: api.keys has an empty key; expected a list of non-empty strings")
+    if not s.api.idempotency_window > 0:
+        raise ConfigError(
+            f"{src}: api.idempotency_window has value {s.api.idempotency_window:g}; expected a "
+            "positive number of seconds"
+        )
+    _validate_backends(src, s)
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _http_url(value: str | None) -> bool:
+    return value is not None and re.fullmatch(r"https?://[^\s/?#]+(?:[/?#]\S*)?", value) is not None
+
+
+def _validate_backends(src: str, s: Settings) -> None:
+    """``auth.proxy_*``, ``rooms.join_proxy_url`` and ``proxy.*``: the HTTP backends."""
+    url_expect = "expected an http:// or https:// URL"
+    if s.auth.mode == "proxy" and not _http_url(s.auth.proxy_url):
+        raise ConfigError(
+            f"{src}: auth.proxy_url has value {s.auth.proxy_url!r}; {url_expect} "
+            "(auth.mode is proxy)"
+        )
+    if s.auth.proxy_url is not None and not _http_url(s.auth.proxy_url):
+        raise ConfigError(f"{src}: auth.proxy_url has value {s.auth.proxy_url!r}; {url_expect}")
+    for name in s.auth.proxy_headers:
+        if not _HEADER_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{src}: auth.proxy_headers has value {name!r}; expected a list of header names"
+            )
+    if s.auth.proxy_cache_seconds < 0:
+        raise ConfigError(
+            f"{src}: auth.proxy_cache_seconds has value {s.auth.proxy_cache_seconds:g}; "
+            "expected a number of seconds, 0 for no cache"
+        )
+    if s.rooms.join_proxy_url is not None and not _http_url(s.rooms.join_proxy_url):
+        raise ConfigError(
+            f"{src}: rooms.join_proxy_url has value {s.rooms.join_proxy_url!r}; {url_expect}"
+        )
+    p = s.proxy
+    hb = s.heartbeat
+    if s.rooms.join_proxy_url is not None and hb.interval > 0 and p.timeout >= hb.timeout:
+        raise ConfigError(
+            f"{src}: proxy.timeout is {p.timeout:g} s; expected less than heartbeat.timeout "
+            f"({hb.timeout:g} s) with rooms.join_proxy_url: a connection waiting for its "
+            "backend reads no pong"
+        )
+    if not p.timeout > 0:
+        raise ConfigError(
+            f"{src}: proxy.timeout has value {p.timeout:g}; expected a positive number of seconds"
+        )
+    if p.max_concurrent < 1:
+        raise ConfigError(
+            f"{src}: proxy.max_concurrent has value {p.max_concurrent}; expected a whole number "
+            "of calls, at least 1"
+        )
+    if p.breaker_failures < 0:
+        raise ConfigError(
+            f"{src}: proxy.breaker_failures has value {p.breaker_failures}; expected a whole "
+            "number of failures, 0 for no circuit breaker"
+        )
+    if not p.breaker_seconds > 0:
+        raise ConfigError(
+            f"{src}: proxy.breaker_seconds has value {p.breaker_seconds:g}; expected a positive "
+            "number of seconds"
+        )
+    seen: set[str] = set()
+    for i, t in enumerate(p.types):
+        where = f"{src}: proxy.types[{i}]"
+        if not t.type or t.type in seen:
+            raise ConfigError(f"{where}.type has value {t.type!r}; expected a type name used once")
+        seen.add(t.type)
+        if not _http_url(t.url):
+            raise ConfigError(f"{where}.url has value {t.url!r}; {url_expect}")
+        if t.timeout is not None and not t.timeout > 0:
+            raise ConfigError(
+                f"{where}.timeout has value {t.timeout:g}; expected a positive number of seconds"
+            )
+        timeout = p.timeout if t.timeout is None else t.timeout
+        if hb.interval > 0 and timeout >= hb.timeout:
+            # While an async handler runs, the connection's frames (its pongs too) wait.
+            raise ConfigError(
+                f"{where}.timeout is {timeout:g} s; expected less than heartbeat.timeout "
+                f"({hb.timeout:g} s): a connection waiting for its backend reads no pong"
+            )
+        for name in t.forward_headers:
+            if not _HEADER_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"{where}.forward_headers has value {name!r}; expected a list of header names"
+                )
+    if p.types and "proxy" not in s.plugins.enabled:
+        raise ConfigError(
+            f"{src}: proxy.types is set but the plugin proxy is not in plugins.enabled; "
+            "add proxy there"
+        )
 
 
 def _validate_broker(src: str, b: BrokerSettings) -> None:

@@ -100,6 +100,7 @@ class Server:
         if service.socketio is not None:
             await service.socketio.shutdown()
         await service.broker.close()
+        await service.backends.close()
         self.service = self.app = self.http = None
 
     @staticmethod

@@ -26,6 +26,8 @@ from miaws.core.errors import CloseCode, close_meaning
 from miaws.core.model import Client, Closed, Outgoing
 from miaws.core.plugins import Registry, build_registry
 from miaws.core.stats import Stats
+from miaws.integration.backend import Backends
+from miaws.integration.join_proxy import JoinProxy
 from miaws.transport.admission import Admission
 from miaws.transport.auth import Authenticator
 
@@ -45,7 +47,18 @@ class Service:
         self.local = broker.registry  # this node's clients and rooms
         self.clock = clock or Clock()
         self.dispatcher = Dispatcher(registry, broker, self.clock, settings.limits)
-        self.auth = Authenticator(settings)  # ConfigError on bad auth.* settings
+        # Every HTTP backend this node calls (proxy.*): pooled sessions and circuit breakers,
+        # shared by auth.mode proxy, rooms.join_proxy_url and the proxy plugin's types.
+        self.backends = Backends.from_settings(settings)
+        # The upgrade headers kept on each client for backends (proxy.types forward_headers).
+        self.forward_headers = sorted(
+            {h.lower() for t in settings.proxy.types for h in t.forward_headers}
+        )
+        if settings.rooms.join_proxy_url:
+            self.dispatcher.join_gate = JoinProxy(
+                self.backends, settings.rooms.join_proxy_url, settings.proxy.timeout
+            )
+        self.auth = Authenticator(settings, self.backends)  # ConfigError on bad auth.*
         self.admission = Admission(self)  # the way in and out for every transport
         self.started = time.time()
         self.shutting_down = False
@@ -180,10 +193,14 @@ class Service:
         return self.local.rooms()
 
     def health(self) -> dict[str, Any]:
-        return {
+        body = {
             "status": self.broker.status(),
             "connections": self.connected_count(),
             "rooms": len(self.rooms_info()),
             "uptime": round(time.time() - self.started, 3),
             "timestamp": self.clock.timestamp(),
         }
+        backends = self.backends.snapshot()
+        if backends:  # a backend's open circuit does not degrade the node: its calls fail
+            body["backends"] = {name: b["circuit"] for name, b in backends.items()}
+        return body

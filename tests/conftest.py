@@ -8,6 +8,7 @@ has already read its ``welcome``.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import tornado.web
 from helpers import ServerProcess
+from http_backend import TestBackend
 from rawws import RawWS
 from redis_server import RedisServer
 
@@ -32,7 +34,11 @@ RawConnect = Callable[..., Awaitable[RawWS]]
 @pytest.fixture
 def config_data(request: pytest.FixtureRequest) -> dict[str, Any]:
     marker = request.node.get_closest_marker("config")
-    return dict(marker.args[0]) if marker else {}
+    data = dict(marker.args[0]) if marker else {}
+    if "BACKEND" in json.dumps(data):  # a test of HTTP backends: their URL, known now
+        url = request.getfixturevalue("backend").url
+        data = json.loads(json.dumps(data).replace("BACKEND", url))
+    return data
 
 
 @pytest.fixture
@@ -137,3 +143,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def backend(io_loop: Any) -> Iterator[TestBackend]:
+    """A real HTTP backend on a free 127.0.0.1 port (tests/http_backend.py); ``BACKEND`` in
+    a test's ``config`` marker data is replaced by its URL (see :func:`config_data`)."""
+    server = TestBackend()
+    io_loop.run_sync(server.start)
+    yield server
+    io_loop.run_sync(server.stop, timeout=10)

@@ -23,12 +23,15 @@ PACKAGE = ROOT / "miaws"
 ALLOWED: dict[str, tuple[str, ...]] = {
     "core": ("pluggy", "jsonschema", "jsonschema_rs", "orjson", "miaws.core"),
     "broker": ("redis", "hiredis", "miaws.core", "miaws.broker", "miaws.config"),
+    "integration": ("aiohttp", "orjson", "miaws.core", "miaws.integration"),
     "transport": (
         "tornado",
         "socketio",
         "engineio",
         "jwt",
+        "orjson",
         "miaws.core",
+        "miaws.integration",
         "miaws.transport",
         "miaws.config",
         "miaws.service",
@@ -67,8 +70,8 @@ def allowed(name: str, prefixes: tuple[str, ...]) -> bool:
 
 @pytest.mark.parametrize("layer", sorted(ALLOWED))
 def test_layer_imports(layer: str) -> None:
-    """core imports no I/O library and nothing above it; broker and transport only what
-    they stand on (transport never a broker implementation)."""
+    """core imports no I/O library and nothing above it; broker, integration and transport
+    only what they stand on (transport never a broker implementation)."""
     bad = [
         f"{path.relative_to(ROOT)}:{line}: {name}"
         for path in sorted((PACKAGE / layer).rglob("*.py"))

@@ -123,6 +123,18 @@ class Broker(ABC):
     def history_covers(self, key: str) -> bool:
         """True if the room key keeps a history (its broadcasts carry epoch and seq)."""
 
+    # ------------------------------------------------------------ shared keys
+    @abstractmethod
+    async def store(
+        self, key: str, value: bytes, ttl: float, *, if_absent: bool = False
+    ) -> bytes | None:
+        """Keep value under key for ttl seconds, for every node (Redis ``SET ... PX``).
+
+        With ``if_absent`` (``NX``) nothing is overwritten: returns None when value was
+        stored, else the value already there.  Without it, returns None.  May raise
+        :class:`~miaws.core.errors.BrokerUnavailable`.  (The publish API's idempotency keys.)
+        """
+
     # ------------------------------------------------------------ lifecycle and views
     @abstractmethod
     async def start(self) -> None:

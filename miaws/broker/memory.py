@@ -7,6 +7,7 @@ the same step as they add the member, so nothing can slip in between.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from miaws.broker.base import Broker, ClusterView, no_history
@@ -16,6 +17,8 @@ from miaws.core.registry import LocalRegistry
 
 __all__ = ["MemoryBroker"]
 
+STORE_SWEEP = 1024  # stored keys beyond which a new one first sweeps out the expired
+
 
 class MemoryBroker(Broker):
     """Delivery and history for the clients of this process."""
@@ -23,6 +26,7 @@ class MemoryBroker(Broker):
     def __init__(self, registry: LocalRegistry, history: RoomHistory | None = None) -> None:
         super().__init__(registry)
         self.history = history  # None: no room keeps a history
+        self._kept: dict[str, tuple[float, bytes]] = {}  # store(): key -> (expiry, value)
 
     def publish(
         self, payload: dict[str, Any], key: str | None = None, namespace: str | None = None
@@ -52,6 +56,21 @@ class MemoryBroker(Broker):
 
     def history_covers(self, key: str) -> bool:
         return self.history is not None and self.history.covers(key)
+
+    async def store(
+        self, key: str, value: bytes, ttl: float, *, if_absent: bool = False
+    ) -> bytes | None:
+        kept = self._kept
+        now = time.monotonic()
+        if if_absent:
+            found = kept.get(key)
+            if found is not None and found[0] > now:
+                return found[1]
+        if len(kept) >= STORE_SWEEP and key not in kept:
+            for old in [k for k, (expiry, _) in kept.items() if expiry <= now]:
+                del kept[old]
+        kept[key] = (now + ttl, value)
+        return None
 
     # one process: nothing runs in the background and there is no cluster
     async def start(self) -> None:

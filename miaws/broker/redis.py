@@ -41,6 +41,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from miaws.broker import redis_store
 from miaws.broker.base import Broker, ClusterView, NodeCounts, no_history
 from miaws.broker.redis_history import RedisHistory
 from miaws.config import Settings
@@ -297,6 +298,14 @@ class RedisBroker(Broker):
 
     def history_covers(self, key: str) -> bool:
         return self.shared is not None and self.shared.covers(key)
+
+    async def store(
+        self, key: str, value: bytes, ttl: float, *, if_absent: bool = False
+    ) -> bytes | None:
+        prefix = self.nodes_key.removesuffix(":nodes")  # broker.channel_prefix
+        return await redis_store.store(
+            self._redis, prefix, self.node_id, key, value, ttl, if_absent
+        )
 
     # ------------------------------------------------------------ counts and health
     async def _write_counts(self) -> None:

@@ -14,7 +14,7 @@ membership), through the :class:`Membership` the dispatcher was given: the broke
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from miaws.core.clock import Clock
@@ -24,7 +24,11 @@ from miaws.core.model import Client, Outgoing
 from miaws.core.registry import LocalRegistry
 from miaws.core.rooms import room_allowed, room_key, valid_room
 
-__all__ = ["Context", "Membership"]
+__all__ = ["Context", "Membership", "JoinGate"]
+
+JoinGate = Callable[[Client, str], Awaitable[None]]
+"""``gate(client, room)``: asked before each join of a room the client is not in yet; raises
+:class:`Forbidden` to refuse (``rooms.join_proxy_url``: a backend decides)."""
 
 
 class Membership(Protocol):
@@ -54,7 +58,7 @@ class Context:
     :ivar message_id: the request's ``id``, or None.
     """
 
-    __slots__ = ("client", "clock", "message_id", "_rooms", "_out", "_room_limits")
+    __slots__ = ("client", "clock", "message_id", "_rooms", "_out", "_room_limits", "_join_gate")
 
     def __init__(
         self,
@@ -63,6 +67,7 @@ class Context:
         clock: Clock,
         message_id: Any,
         room_limits: tuple[int, int] = (0, 0),
+        join_gate: JoinGate | None = None,
     ) -> None:
         self.client = client
         self.clock = clock
@@ -70,6 +75,7 @@ class Context:
         self._rooms = rooms
         self._out: list[Outgoing] = []  # what the dispatcher returns to the transport
         self._room_limits = room_limits  # (max rooms per client, max room members); 0: none
+        self._join_gate = join_gate
 
     def timestamp(self) -> str:
         return self.clock.timestamp()
@@ -106,6 +112,11 @@ class Context:
         self._out.append(Outgoing(payload, True, key))
 
     # ------------------------------------------------------------ rooms
+    def rooms(self) -> list[str]:
+        """The rooms the sender is in (in its own namespace), by name, sorted."""
+        rooms: list[str] = self.client.identity()["rooms"]
+        return rooms
+
     def is_member(self, room: str) -> bool:
         """True if the sender is a member of room (in its own namespace)."""
         return self._rooms.registry.is_member(room_key(self.client.namespace, room), self.client)
@@ -127,12 +138,31 @@ class Context:
 
         Raises :class:`Forbidden` when the client's token does not list the room, or when
         ``limits.max_rooms_per_client`` or ``limits.max_room_members`` would be exceeded.
+        With ``rooms.join_proxy_url`` a backend is asked first (unless the sender is a member
+        already): then the result is an awaitable, which raises :class:`Forbidden` when the
+        backend refuses (or :class:`~miaws.core.errors.BackendError` /
+        :class:`~miaws.core.errors.BackendTimeout`).
         """
         self._check_room(room)
         client = self.client
         key = room_key(client.namespace, room)
         if not room_allowed(room, client.allowed_rooms):
             raise Forbidden(f"Not allowed to join room {room}", {"room": room})
+        gate = self._join_gate
+        if gate is not None and not self._rooms.registry.is_member(key, client):
+            return self._join_asked(gate(client, room), room, key, since)
+        return self._join(room, key, since)
+
+    async def _join_asked(
+        self, asked: Awaitable[None], room: str, key: str, since: Position | None
+    ) -> Joined:
+        await asked  # raises when the backend refuses
+        joined = self._join(room, key, since)
+        return joined if isinstance(joined, Joined) else await joined
+
+    def _join(self, room: str, key: str, since: Position | None) -> Joined | Awaitable[Joined]:
+        """The join itself, within the room limits."""
+        client = self.client
         max_rooms, max_members = self._room_limits
         registry = self._rooms.registry
         if (max_rooms or max_members) and not registry.is_member(key, client):

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from miaws.core.clock import Clock
-from miaws.core.context import Context, Membership
+from miaws.core.context import Context, JoinGate, Membership
 from miaws.core.errors import (
     CloseCode,
     Forbidden,
@@ -113,6 +113,7 @@ class Dispatcher:
         self.stats: Stats | None = None  # counters behind /metrics (the Service sets them)
         self.registry = registry
         self.limits = limits or MessageLimits()
+        self.join_gate: JoinGate | None = None  # rooms.join_proxy_url (the Service sets it)
 
     @property
     def limits(self) -> Limits:
@@ -207,7 +208,9 @@ class Dispatcher:
                 verdict = self._authorize(client=client, message=message)
                 if verdict is False:
                     raise Forbidden(f"Not allowed: {kind}")
-            ctx = Context(client, self.rooms, self.clock, message_id, self._room_limits)
+            ctx = Context(
+                client, self.rooms, self.clock, message_id, self._room_limits, self.join_gate
+            )
             stats = self.stats
             started = perf_counter() if stats is not None else 0.0
             result = bound.descriptor.handler(ctx, message)

@@ -15,7 +15,10 @@ Hierarchy::
         ├── UnknownType         code ``unknown-type``: no enabled plugin handles the type
         ├── NotInRoom           code ``not-in-room``: the client is not a member of the room
         ├── RateLimited         code ``rate-limited``: too many messages
-        └── Forbidden           code ``forbidden``: a plugin or the auth policy denied it
+        ├── Forbidden           code ``forbidden``: a plugin or the auth policy denied it
+        ├── BackendError        code ``backend-error``: a backend (an HTTP proxy) answered an
+        │                       error status or an unreadable answer, or cannot be reached
+        └── BackendTimeout      code ``backend-timeout``: a backend did not answer in time
 
 A plugin raises one of these from its handler; the core turns it into the reply.  The
 connection stays open.  Any other exception from a handler closes the connection with 1011.
@@ -38,6 +41,8 @@ __all__ = [
     "NotInRoom",
     "RateLimited",
     "Forbidden",
+    "BackendError",
+    "BackendTimeout",
     "CloseCode",
     "close_meaning",
     "ERROR_CODES",
@@ -86,8 +91,14 @@ class ConfigError(MiawsError):
 class AuthError(MiawsError):
     """The client is refused: HTTP 401 before the upgrade, close 1008 after it.
 
-    Its text is short and safe to send to the client (no secrets, no token).
+    Its text is short and safe to send to the client (no secrets, no token).  ``status`` is
+    the HTTP status to refuse with: 401, or 403 when a connect backend (``auth.mode: proxy``)
+    said so.
     """
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class BrokerUnavailable(MiawsError):
@@ -145,8 +156,32 @@ class Forbidden(MessageError):
     code = "forbidden"
 
 
+class BackendError(MessageError):
+    """A backend called over HTTP (a proxied type, the join proxy) answered an error status or
+    an answer that is not what miaws reads, or could not be reached (or its circuit is open).
+    ``details`` says which: ``{"status": N}``, ``{"reason": "unreadable answer"}``, ..."""
+
+    code = "backend-error"
+
+
+class BackendTimeout(MessageError):
+    """A backend called over HTTP did not answer within its timeout."""
+
+    code = "backend-timeout"
+
+
 ERROR_CODES = tuple(
-    c.code for c in (InvalidJSON, InvalidMessage, UnknownType, NotInRoom, RateLimited, Forbidden)
+    c.code
+    for c in (
+        InvalidJSON,
+        InvalidMessage,
+        UnknownType,
+        NotInRoom,
+        RateLimited,
+        Forbidden,
+        BackendError,
+        BackendTimeout,
+    )
 )
 
 

@@ -25,12 +25,16 @@ hookimpl = pluggy.HookimplMarker("miaws")
 
 
 @hookspec
-def register_message_types() -> list[MessageType]:
+def register_message_types(config: Any) -> list[MessageType]:
     """Return the client message types this plugin handles.
 
     Called once at start-up (and again on a config reload).  Two plugins claiming the same
     type stop start-up with both plugin names.
 
+    :param config: the node's settings (:class:`miaws.Settings`, read-only: ``config.proxy``,
+        ``config.limits``, ...), for a plugin whose types come from the configuration, as the
+        built-in ``proxy`` plugin's do.  Most plugins leave it out (pluggy passes only the
+        arguments an implementation names).
     :return: a list of :class:`miaws.MessageType`.
     """
     raise NotImplementedError

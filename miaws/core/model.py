@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+import types
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
+
+from miaws.core.rooms import split_key
 
 if TYPE_CHECKING:
     from miaws.core.context import Context
@@ -118,6 +121,9 @@ class Closed(NamedTuple):
     dead: bool = False  # dropped for a missed heartbeat
 
 
+_NO_HEADERS: Mapping[str, str] = types.MappingProxyType({})
+
+
 class Client:
     """A connected client, whatever its transport.  Transports subclass it and implement
     :meth:`send` and :meth:`deliver`; handlers only ever see this interface."""
@@ -136,6 +142,8 @@ class Client:
         "namespace",
         "allowed_rooms",
         "bucket",
+        "connect_info",
+        "headers",
         "__weakref__",
     )
 
@@ -162,6 +170,12 @@ class Client:
         self.namespace = namespace
         self.allowed_rooms: frozenset[str] | None = None  # None: any room
         self.bucket: TokenBucket | None = None  # rate limit state, made on first message
+        self.connect_info: Any = (
+            None  # what a connect backend said about the client (auth.mode proxy)
+        )
+        # The upgrade request's headers that backends are sent (proxy.types forward_headers),
+        # by lower-case name; the rest are not kept.
+        self.headers: Mapping[str, str] = _NO_HEADERS
 
     def send(self, payload: dict[str, Any]) -> None:
         """Send one message to this client alone."""
@@ -174,6 +188,22 @@ class Client:
     def close(self, code: int, reason: str = "") -> None:
         """Close the connection with a WebSocket close code."""
         raise NotImplementedError
+
+    def identity(self) -> dict[str, Any]:
+        """Who the client is, as backends are told (proxied types, the join proxy):
+        ``clientId``, ``user``, ``info``, ``transport``, ``rooms`` (by name, in its own
+        namespace, sorted)."""
+        namespace = self.namespace
+        rooms = sorted(
+            room for ns, room in (split_key(key) for key in self.rooms) if ns == namespace
+        )
+        return {
+            "clientId": self.client_id,
+            "user": self.user,
+            "info": self.connect_info,
+            "transport": self.transport,
+            "rooms": rooms,
+        }
 
     def info(self) -> dict[str, Any]:
         """The registry view of this client, as ``/api/clients`` shows it."""

@@ -16,7 +16,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
@@ -45,12 +45,15 @@ ENTRY_POINT_GROUP = "miaws"
 @dataclass(frozen=True)
 class PluginSources:
     """Where plugins and schemas come from and which plugins run (``plugins.*``,
-    ``schemas.path``); ``source`` names the config file in error messages."""
+    ``schemas.path``); ``source`` names the config file in error messages; ``config`` is
+    what ``register_message_types(config)`` gets (the node's settings; the core reads none
+    of it)."""
 
     enabled: Sequence[str]
     paths: Sequence[str] = ()
     schemas_path: str | None = None
     source: str = "defaults"
+    config: Any = field(default=None, compare=False)
 
 
 def bundled_plugins_dir() -> Path:
@@ -151,7 +154,7 @@ def _trace(pm: pluggy.PluginManager) -> None:
     pm.add_hookcall_monitoring(before, after)
 
 
-def _per_plugin(pm: pluggy.PluginManager, hook: str) -> list[tuple[HookImpl, Any]]:
+def _per_plugin(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[tuple[HookImpl, Any]]:
     """Call hook once per implementation, through pluggy (so MIAWS_TRACE_PLUGINS sees each
     call), keeping which plugin returned what (a plain hook call loses that)."""
     impls = getattr(pm.hook, hook).get_hookimpls()
@@ -159,7 +162,7 @@ def _per_plugin(pm: pluggy.PluginManager, hook: str) -> list[tuple[HookImpl, Any
     results = []
     for impl in impls:
         caller = pm.subset_hook_caller(hook, [p for p in others if p is not impl.plugin])
-        results.append((impl, [item for result in caller() for item in result or []]))
+        results.append((impl, [item for result in caller(**kwargs) for item in result or []]))
     return results
 
 
@@ -218,7 +221,7 @@ def build_registry(sources: PluginSources) -> Registry:
             "expected a directory that exists"
         )
     types: dict[str, BoundType] = {}
-    for impl, descriptors in _per_plugin(pm, "register_message_types"):
+    for impl, descriptors in _per_plugin(pm, "register_message_types", config=sources.config):
         for descriptor in descriptors:
             if not isinstance(descriptor, MessageType):
                 raise ConfigError(

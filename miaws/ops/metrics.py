@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from miaws.integration.backend import STATE_VALUES
 from miaws.service import Service
 
 __all__ = ["MiawsCollector", "metrics_registry", "MetricsHandler"]
@@ -102,6 +103,25 @@ class MiawsCollector(Collector):
         for kind, hist in sorted(stats.latency.items()):
             latency.add_metric([kind], hist.cumulative(), sum_value=hist.total)
         yield latency
+
+        backends = self.service.backends.snapshot()
+        circuit = GaugeMetricFamily(
+            "miaws_backend_circuit_state",
+            "Circuit breaker of each HTTP backend: 0 closed, 1 half-open, 2 open.",
+            labels=["backend"],
+        )
+        calls = CounterMetricFamily(
+            "miaws_backend_calls",
+            "HTTP backend calls by outcome: ok (an answer below 500), error (5xx or "
+            "unreachable), timeout, rejected (circuit open).",
+            labels=["backend", "outcome"],
+        )
+        for name, backend in backends.items():
+            circuit.add_metric([name], STATE_VALUES[backend["circuit"]])
+            for outcome, count in sorted(backend["calls"].items()):
+                calls.add_metric([name, outcome], count)
+        yield circuit
+        yield calls
 
 
 def _by_label(name: str, doc: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:

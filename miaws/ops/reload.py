@@ -89,7 +89,10 @@ def reload_config(service: Service, app: tornado.web.Application) -> ReloadResul
         live = {k for k in changed if k.split(".")[0] in LIVE_SECTIONS}
         registry = None
         if any(k.startswith(("plugins.", "schemas.")) for k in live):
-            registry = build_registry(fresh.plugin_sources())
+            # The types of the proxy plugin come from proxy.*, which needs a restart: the
+            # new registry gets the running ones.
+            kept_proxy = dataclasses.replace(fresh, proxy=service.settings.proxy)
+            registry = build_registry(kept_proxy.plugin_sources())
             registry.pm.hook.startup(service=service)
     except Exception as exc:  # a ConfigError, or a plugin failing in its startup hook
         error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"

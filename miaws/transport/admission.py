@@ -35,15 +35,16 @@ line: a flood of refused connections must not become a flood of log lines.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from miaws.core.connlimits import AddressCounts, ConnectionRate
-from miaws.core.errors import AuthError, CloseCode, MiawsError
+from miaws.core.errors import AuthError, BackendError, BackendTimeout, CloseCode, MiawsError
 from miaws.core.model import Client, Closed
 from miaws.transport.auth import Identity
 from miaws.transport.origins import origin_allowed
@@ -212,20 +213,49 @@ class Admission:
         extra: str | None = None,
         late_allowed: bool = True,
         endpoint: str = "upgrade",
-    ) -> Identity | None:
-        """Who the client is (``auth.*``); None when no token came and a late one may follow.
+    ) -> Identity | None | Awaitable[Identity]:
+        """Who the client is (``auth.*``); None when no token came and a late one may follow;
+        an awaitable of it when a backend decides (``auth.mode: proxy``).
 
         Raises :class:`Refused` (401) for a missing, bad or expired token, or for none at all
-        when ``late_allowed`` is False (a transport without late tokens, Socket.IO)."""
+        when ``late_allowed`` is False (a transport without late tokens, Socket.IO); the
+        awaitable raises it too (401 or 403 as the backend said, 503 when it fails)."""
         auth = self.service.auth
         try:
             identity = auth.identify(headers, query, extra=extra)
         except AuthError as exc:
             log.info("%s refused (401) remote=%s: %s", endpoint, remote_ip, exc)
             raise Refused(401, CloseCode.POLICY_VIOLATION, str(exc)) from None
+        if identity is not None and not isinstance(identity, Identity):
+            assert inspect.isawaitable(identity)
+            return self._identify_later(identity, remote_ip, endpoint)
         if identity is None and not late_allowed:
             raise Refused(401, CloseCode.POLICY_VIOLATION, "authentication required: no token")
         return identity
+
+    @staticmethod
+    async def _identify_later(
+        pending: Awaitable[Identity], remote_ip: str, endpoint: str
+    ) -> Identity:
+        """The backend's answer (``auth.mode: proxy``), refusals turned into :class:`Refused`."""
+        try:
+            return await pending
+        except AuthError as exc:
+            log.info("%s refused (%d) remote=%s: %s", endpoint, exc.status, remote_ip, exc)
+            raise Refused(exc.status, CloseCode.POLICY_VIOLATION, str(exc)) from None
+        except (BackendError, BackendTimeout) as exc:
+            log.warning(
+                "%s refused (503) remote=%s: connect backend failed: %s",
+                endpoint,
+                remote_ip,
+                exc.message,
+            )
+            raise Refused(
+                503,
+                CloseCode.TRY_AGAIN_LATER,
+                "authentication backend unavailable: try again later",
+                retry_after=1,
+            ) from None
 
     def identify_late(self, message: str | bytes, *, remote_ip: str) -> Identity:
         """The first frame of a connection that came without a token (``auth.late_timeout``):
@@ -258,9 +288,16 @@ class Admission:
             return Refused(503, CloseCode.TRY_AGAIN_LATER, "server full: try again later")
         return None
 
-    def admit(self, client: Client, identity: Identity) -> None:
-        """Give client its identity, register it, send its ``welcome``, tell the plugins."""
+    def admit(
+        self, client: Client, identity: Identity, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Give client its identity and the upgrade headers backends are sent (by lower-case
+        name; ``headers`` must answer lower-case names), register it, send its ``welcome``,
+        tell the plugins."""
         identity.apply(client)
+        names = self.service.forward_headers
+        if names and headers is not None:
+            client.headers = {n: v for n in names if (v := headers.get(n)) is not None}
         self.service.connect(client)
 
     # ------------------------------------------------------------ while connected

@@ -1,4 +1,4 @@
-"""Who a client is: authentication by JWT or static token, whatever the transport.
+"""Who a client is: authentication by JWT, static token or a backend, whatever the transport.
 
 :class:`Authenticator` is built once from ``auth.*`` (a bad setting is a :class:`ConfigError`
 at start-up).  A transport hands it what arrived with the connection and gets an
@@ -8,6 +8,9 @@ upgrade, close 1008 after it)::
     identity = service.auth.identify(headers, query)      # None: wait for a late token
     identity = service.auth.identify_late(first_frame)     # {"type":"auth","token":...}
     identity.apply(client)                                 # user, allowed_rooms
+
+With ``auth.mode: proxy`` ``identify`` returns an awaitable instead: a backend decides
+(:mod:`miaws.transport.auth_proxy`).
 
 ``identify`` looks for the token in the ``token`` query parameter, then in an
 ``Authorization: Bearer`` header (then in ``extra``, e.g. the Socket.IO ``auth`` payload).
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,20 +33,25 @@ from miaws.config import Settings
 from miaws.core.errors import AuthError, ConfigError
 from miaws.core.model import Client
 from miaws.core.rooms import room_allowed  # the room policy is the core's
+from miaws.integration.backend import Backends
+from miaws.transport.auth_proxy import ConnectProxy
 
 __all__ = ["Authenticator", "AuthError", "Identity", "room_allowed", "bearer_token"]
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who the client is and which rooms it may join (``None``: any room)."""
+    """Who the client is and which rooms it may join (``None``: any room); ``info``: what a
+    connect backend said about it (``auth.mode: proxy``), passed on to backends."""
 
     user: str | None = None
     rooms: frozenset[str] | None = None
+    info: Any = None
 
     def apply(self, client: Client) -> None:
         client.user = self.user
         client.allowed_rooms = self.rooms
+        client.connect_info = self.info
 
 
 ANONYMOUS = Identity()
@@ -94,7 +102,7 @@ def _load_public_key(value: str, source: str) -> str:
 class Authenticator:
     """The ``auth.*`` policy; see the module docstring."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, backends: Backends | None = None) -> None:
         a = settings.auth
         src = settings.source
         self.mode = a.mode
@@ -104,7 +112,17 @@ class Authenticator:
         self.issuer = a.jwt_issuer
         self._keys: dict[str, Any] = {}
         self._tokens: dict[bytes, Identity] = {}
-        if a.mode == "jwt":
+        self.proxy: ConnectProxy | None = None
+        if a.mode == "proxy":
+            assert a.proxy_url is not None  # checked with the settings
+            self.proxy = ConnectProxy(
+                backends or Backends.from_settings(settings),
+                a.proxy_url,
+                a.proxy_headers,
+                settings.proxy.timeout,
+                a.proxy_cache_seconds,
+            )
+        elif a.mode == "jwt":
             if a.jwt_secret:
                 self._keys["HS256"] = a.jwt_secret
             if a.jwt_public_key:
@@ -145,7 +163,7 @@ class Authenticator:
         headers: Mapping[str, str],
         query: Mapping[str, Any],
         extra: str | None = None,
-    ) -> Identity | None:
+    ) -> Identity | None | Awaitable[Identity]:
         """The identity of a connecting client, from what came with the upgrade.
 
         :param headers: request headers (``Authorization`` is read, case as given by the
@@ -153,11 +171,14 @@ class Authenticator:
         :param query: query parameters; a value may be a string, bytes or a list of them.
         :param extra: a token from elsewhere (the Socket.IO ``auth`` payload), tried last.
         :return: the identity; ``None`` when there is no token and ``auth.late_timeout``
-            lets the client send it as its first message.
+            lets the client send it as its first message; an awaitable of it in mode proxy
+            (which raises :class:`AuthError`, or ``BackendError`` / ``BackendTimeout``).
         :raises AuthError: a token is needed and missing, or it is invalid or expired.
         """
         if not self.required:
             return ANONYMOUS
+        if self.proxy is not None:
+            return self._ask_backend(self.proxy, headers, query, extra)
         token = _first(query.get("token"))
         if token is None:
             token = bearer_token(headers.get("Authorization") or headers.get("authorization"))
@@ -168,6 +189,13 @@ class Authenticator:
                 return None
             raise AuthError("authentication required: no token")
         return self.check(token)
+
+    @staticmethod
+    async def _ask_backend(
+        proxy: ConnectProxy, headers: Mapping[str, str], query: Mapping[str, Any], token: Any
+    ) -> Identity:
+        user, rooms, info = await proxy.identify(headers, query, token)
+        return Identity(user, rooms, info)
 
     def identify_late(self, text: str | bytes) -> Identity:
         """The identity from a first message ``{"type":"auth","token":"..."}``.
@@ -194,6 +222,8 @@ class Authenticator:
             return identity
         if self.mode == "jwt":
             return self._check_jwt(token)
+        if self.mode == "proxy":  # a backend decides, at the upgrade only
+            raise AuthError('authentication failed: no {"type":"auth"} with auth.mode proxy')
         return ANONYMOUS
 
     def _check_jwt(self, token: str) -> Identity:

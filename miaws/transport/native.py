@@ -10,11 +10,13 @@ connection's :class:`~miaws.transport.protocol.MiawsProtocol` (the wire side).
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import inspect
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import tornado
@@ -116,9 +118,10 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         self._held: str | None = None  # what admission.arrive counted, until _leave()
         self.limit_refused = False  # refused by a connection limit: no access-log line
 
-    def prepare(self) -> None:
+    def prepare(self) -> Awaitable[None] | None:
         """Before the upgrade: the connection limits (429, or 503 with ``Retry-After``), then
-        authentication (a missing or bad token is answered 401)."""
+        authentication (a missing or bad token is answered 401; a connect backend may say
+        403, or fail: 503); an awaitable when a backend decides."""
         admission = self.service.admission
         remote_ip = self.request.remote_ip or ""
         try:
@@ -126,13 +129,30 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         except Refused as exc:
             self.limit_refused = True
             refuse_request(self, exc)
-            return
+            return None
         try:
-            self.identity = admission.identify(
+            identity = admission.identify(
                 self.request.headers, self.request.query_arguments, remote_ip=remote_ip
             )
         except Refused as exc:
-            refuse_request(self, exc, {"WWW-Authenticate": 'Bearer realm="miaws"'})
+            self._refuse_upgrade(exc)
+            return None
+        if identity is None or isinstance(identity, Identity):
+            self.identity = identity
+            return None
+        return self._identify_later(identity)
+
+    async def _identify_later(self, pending: Awaitable[Identity]) -> None:
+        try:
+            # A task of its own: the short way in runs this handler without one
+            # (miaws.transport.upgrade._run), and aiohttp's timeouts need a task.
+            self.identity = await asyncio.ensure_future(pending)
+        except Refused as exc:
+            self._refuse_upgrade(exc)
+
+    def _refuse_upgrade(self, exc: Refused) -> None:
+        headers = {"WWW-Authenticate": 'Bearer realm="miaws"'} if exc.status == 401 else None
+        refuse_request(self, exc, headers)
 
     def on_finish(self) -> None:
         # The response is written: a refusal (401, 403, 400, ...) ends the connection here;
@@ -209,7 +229,7 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
             user_agent=self.request.headers.get("User-Agent", ""),
             connected_at=self.service.clock.timestamp(),
         )
-        self.service.admission.admit(self.client, identity)
+        self.service.admission.admit(self.client, identity, self.request.headers)
         self._shed()
 
     def _shed(self) -> None:

@@ -31,6 +31,7 @@ from miaws.core.errors import CloseCode
 from miaws.core.model import Client, Closed, Encoded, Outgoing
 from miaws.service import Service
 from miaws.transport.admission import SLOW_CONSUMER, Refused, refuse_request
+from miaws.transport.auth import Identity
 
 __all__ = ["SocketIOBridge", "SocketIOClient", "REASON_CODES"]
 
@@ -55,6 +56,16 @@ def compression_enabled(settings: Any) -> bool:
     setting, when added, is read here."""
     compression = getattr(settings, "compression", None)
     return bool(getattr(compression, "enabled", False))
+
+
+def request_headers(environ: dict[str, Any]) -> dict[str, str]:
+    """The HTTP headers of the request that opened the Engine.IO connection, by lower-case
+    name (from the WSGI-style environ python-engineio builds)."""
+    return {
+        name[5:].replace("_", "-").lower(): value
+        for name, value in environ.items()
+        if name.startswith("HTTP_") and isinstance(value, str)
+    }
 
 
 class _Server(socketio.AsyncServer):  # type: ignore[misc]
@@ -307,7 +318,7 @@ class SocketIOBridge:
         # The token may also come in the Socket.IO auth payload.  There is no late token
         # here: a client without one is refused (connect_error).
         token = auth.get("token") if isinstance(auth, dict) else None
-        headers = {"Authorization": environ.get("HTTP_AUTHORIZATION", "")}
+        headers = request_headers(environ)
         query = parse_qs(environ.get("QUERY_STRING", ""))
         try:
             identity = admission.identify(
@@ -318,6 +329,8 @@ class SocketIOBridge:
                 late_allowed=False,
                 endpoint="Socket.IO",
             )
+            if identity is not None and not isinstance(identity, Identity):
+                identity = await identity  # auth.mode proxy: a backend decides
             refused = admission.refusal(remote_ip, transport="socket.io")
             if refused is not None:
                 raise refused
@@ -336,7 +349,7 @@ class SocketIOBridge:
         )
         client.handler = environ.get("tornado.handler")
         self.clients[namespace, sid] = client
-        admission.admit(client, identity)
+        admission.admit(client, identity, headers)
         return True
 
     async def on_disconnect(self, namespace: str, sid: str, reason: str = "") -> None:
