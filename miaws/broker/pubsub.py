@@ -177,7 +177,9 @@ class Subscription(asyncio.Protocol):
         self.ping()
         waiter = self._pong_waiters[-1]
         futures: set[asyncio.Future[Any]] = {waiter, self.closed}
-        done, _ = await asyncio.wait(futures, timeout=timeout)
+        # FIRST_COMPLETED: asyncio.wait's default (all) would always wait out the timeout,
+        # since ``closed`` stays pending while the connection lives.
+        done, _ = await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if waiter not in done:
             raise ConnectionError(
                 "the pub/sub connection closed" if done else "redis did not answer a PING"
