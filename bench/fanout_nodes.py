@@ -43,6 +43,7 @@ from tornado.websocket import websocket_connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import ServerProcess  # noqa: E402  (the test suite's process helpers)
+from ingest import cpu_ns  # noqa: E402  (every thread's CPU, in ns: finer than /proc/pid/stat)
 from redis_server import RedisServer  # noqa: E402
 
 TIME_LIMIT = 120.0  # seconds for one run, whatever the arguments
@@ -232,6 +233,11 @@ class NodeFigures:
         """CPU µs per cross-node message received (delivery to its members included)."""
         return self.cpu * 1e6 / max(self.received, 1)
 
+    @property
+    def per_own(self) -> float:
+        """CPU µs per message of its own rooms (what the node is there for)."""
+        return self.cpu * 1e6 / max(self.own, 1)
+
 
 async def spread_once(
     sender_url: str, nodes: list[ServerProcess], rooms: int, members: int, messages: int
@@ -261,7 +267,7 @@ async def spread_once(
     await wait_for(lambda: all(c >= 2 * members for c in counts))
     base = [c for c in counts]
     before = [metrics(n.http) for n in nodes]
-    cpu_before = [cpu_seconds(n.proc.pid) for n in nodes]
+    cpu_before = [cpu_ns(n.proc.pid) for n in nodes]
     deadline = time.monotonic() + TIME_LIMIT
     for k in range(messages):
         while k * members - (sum(counts) - sum(base)) >= WINDOW * members:
@@ -291,7 +297,7 @@ async def spread_once(
                     after.get("miaws_broker_messages_skipped_total", 0)
                     - before[j].get("miaws_broker_messages_skipped_total", 0)
                 ),
-                cpu=cpu_seconds(node.proc.pid) - cpu_before[j],
+                cpu=(cpu_ns(node.proc.pid) - cpu_before[j]) / 1e9,
             )
         )
     sender.close()
@@ -310,7 +316,7 @@ def spread(args: argparse.Namespace) -> None:
     )
     print(
         f"{'partitions':>10} {'node':>5} {'rooms':>6} {'own msgs':>9} {'received':>9} "
-        f"{'skipped':>8} {'received/own':>13} {'CPU s':>7} {'CPU µs/received':>16}"
+        f"{'skipped':>8} {'received/own':>13} {'CPU s':>7} {'µs/received':>12} {'µs/own msg':>11}"
     )
     with tempfile.TemporaryDirectory(prefix="miaws-bench-") as d:
         tmp = Path(d)
@@ -345,9 +351,11 @@ def spread(args: argparse.Namespace) -> None:
                 skipped = statistics.median(x.skipped for x in figs)
                 cpu = statistics.median(x.cpu for x in figs)
                 per = statistics.median(x.per_message for x in figs)
+                own = statistics.median(x.per_own for x in figs)
                 print(
                     f"{partitions:>10} {j + 1:>5} {f.rooms:>6} {f.own:>9} {received:>9.0f} "
-                    f"{skipped:>8.0f} {received / max(f.own, 1):>13.2f} {cpu:>7.2f} {per:>16.1f}"
+                    f"{skipped:>8.0f} {received / max(f.own, 1):>13.2f} {cpu:>7.2f} "
+                    f"{per:>12.1f} {own:>11.1f}"
                 )
 
 
