@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -54,24 +54,7 @@ async def wait_json(url: str, predicate: Callable[[Any], bool], timeout: float =
     return last[0]
 
 
-Connect = Callable[..., Awaitable[Peer]]
-
-
-@pytest.fixture
-def connect() -> Iterator[Connect]:
-    """``await connect(node, *rooms)``: a Peer on that node, in those rooms; closed at teardown."""
-    opened: list[Peer] = []
-
-    async def open_peer(node: ServerProcess, *rooms: str) -> Peer:
-        peer = await Peer.connect(node.url)
-        opened.append(peer)
-        for room in rooms:
-            expect_type(await peer.request({"type": "join-room", "room": room}), "room-joined")
-        return peer
-
-    yield open_peer
-    for peer in opened:
-        peer.close()
+Connect = Callable[..., Awaitable[Peer]]  # the ``connect`` fixture (conftest.py)
 
 
 async def test_room_broadcast_reaches_members_on_every_node(
@@ -249,3 +232,27 @@ async def test_broadcast_to_all_in_a_namespace_reaches_every_node(
     finally:
         for sio in (chat1, chat2, root2):
             await sio.close()
+
+
+async def metric(node: ServerProcess, name: str) -> float:
+    """One unlabelled metric of a node's /metrics."""
+    response = await AsyncHTTPClient().fetch(node.http + "/metrics")
+    for line in response.body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_received_metric_counts_cross_node_messages(
+    server_process: Start, redis_server: RedisServer, connect: Connect
+) -> None:
+    """miaws_broker_messages_received_total counts the cross-node messages a node read from
+    Redis; nothing was dropped."""
+    n1, n2 = start_nodes(server_process, redis_server, 2)
+    sender, remote = await connect(n1), await connect(n2)
+    before = await metric(n2, "miaws_broker_messages_received_total")
+    for i in range(5):
+        await sender.send({"type": "broadcast", "message": i})
+    assert [(await remote.recv())["message"] for _ in range(5)] == list(range(5))
+    assert await metric(n2, "miaws_broker_messages_received_total") >= before + 5
+    assert await metric(n1, "miaws_broker_messages_dropped_total") == 0

@@ -97,6 +97,44 @@ class MiawsCollector(Collector):
             "miaws_rooms", "Rooms with at least one member.", value=len(self.service.rooms_info())
         )
 
+        broker = self.service.broker.counters()
+        yield CounterMetricFamily(
+            "miaws_broker_messages_received",
+            "Cross-node messages this node read from the broker (Redis).",
+            value=broker.received,
+        )
+        yield CounterMetricFamily(
+            "miaws_broker_messages_dropped",
+            "Cross-node messages lost: not sent during an outage or a full outbox, or missed.",
+            value=broker.dropped,
+        )
+        yield CounterMetricFamily(
+            "miaws_broker_reconnects",
+            "Times this node's broker subscription was made again after it was lost.",
+            value=broker.reconnects,
+        )
+        yield CounterMetricFamily(
+            "miaws_broker_probe_failures",
+            "Probes (a message to this node's own channel) that did not come back in time.",
+            value=broker.probe_failures,
+        )
+        yield CounterMetricFamily(
+            "miaws_broker_messages_skipped",
+            "Of the cross-node messages received, those for a room with no member on this node "
+            "(it shares a partition with one that has).",
+            value=broker.skipped,
+        )
+        yield CounterMetricFamily(
+            "miaws_broker_gaps",
+            "Gap messages sent: a history room lost messages this node could not backfill.",
+            value=broker.gaps,
+        )
+        yield GaugeMetricFamily(
+            "miaws_broker_partitions",
+            "Partition channels this node is subscribed to (rooms it has members in).",
+            value=broker.partitions,
+        )
+
         latency = HistogramMetricFamily(
             "miaws_handler_seconds", "Time spent in message handlers, by type.", labels=["type"]
         )
