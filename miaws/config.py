@@ -284,6 +284,26 @@ class ShutdownSettings:
 
 
 @dataclass(frozen=True)
+class CompressionSettings:
+    enabled: bool = setting(
+        False,
+        "Offer permessage-deflate (RFC 7692) on the native endpoint and Socket.IO. Off: it costs "
+        "CPU per message, and zlib memory per message received compressed.",
+        expect="true or false",
+    )
+    min_size: int = setting(
+        1024,
+        "Messages shorter than this many bytes are sent uncompressed.",
+        expect="a whole number of bytes",
+    )
+    level: int = setting(
+        1,
+        "zlib compression level of sent messages: 1 (fastest) to 9 (smallest).",
+        expect="a whole number from 1 to 9",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
@@ -299,6 +319,7 @@ class Settings:
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
+    compression: CompressionSettings = field(default_factory=CompressionSettings)
     source: str = field(default="defaults", compare=False)
     """Where the settings came from (file path or 'defaults'), for messages."""
 
@@ -475,6 +496,18 @@ def _validate(s: Settings) -> None:
     _validate_limits(src, s)
     if any(not key.strip() for key in s.api.keys):
         raise ConfigError(f"{src}: api.keys has an empty key; expected a list of non-empty strings")
+    _validate_compression(src, s.compression)
+
+
+def _validate_compression(src: str, c: CompressionSettings) -> None:
+    if not 1 <= c.level <= 9:
+        raise ConfigError(
+            f"{src}: compression.level has value {c.level}; expected a whole number from 1 to 9"
+        )
+    if c.min_size < 0:
+        raise ConfigError(
+            f"{src}: compression.min_size has value {c.min_size}; expected a whole number of bytes"
+        )
 
 
 def _validate_broker(src: str, b: BrokerSettings) -> None:

@@ -78,15 +78,18 @@ class Encoded:
 
     ``wire`` is a transport's own encoding of it, kept by that transport on first use so the
     next recipient gets the same bytes (the native endpoint's WebSocket frame:
-    :func:`miaws.transport.frames.text_frame`); the core never reads it."""
+    :func:`miaws.transport.frames.text_frame`), ``deflated`` its compressed frame for
+    permessage-deflate recipients (:mod:`miaws.transport.deflate`); the core never reads
+    them."""
 
-    __slots__ = ("payload", "data", "_text", "wire")
+    __slots__ = ("payload", "data", "_text", "wire", "deflated")
 
     def __init__(self, payload: dict[str, Any]) -> None:
         self.payload = payload
         self.data = encode_json_bytes(payload)  # UTF-8 JSON
         self._text: str | None = None
         self.wire: bytes | None = None
+        self.deflated: bytes | None = None
 
     @property
     def text(self) -> str:
