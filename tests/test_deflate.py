@@ -213,3 +213,12 @@ async def test_the_websockets_library_negotiates_and_talks(ws_url: str) -> None:
         for i in range(3):
             await conn.send(echo(big, id=i).decode())
             assert json.loads(await conn.recv())["id"] == i
+
+
+@pytest.mark.config(COMPRESSED)
+async def test_socketio_follows_the_same_setting(port: int) -> None:
+    """compression.enabled turns permessage-deflate on for Socket.IO's WebSocket too."""
+    ws = await RawWS.open(port, "/socket.io/?EIO=4&transport=websocket", headers=OFFER)
+    assert ws.status == 101
+    assert ws.headers["sec-websocket-extensions"].startswith("permessage-deflate")
+    ws.abort()

@@ -21,8 +21,8 @@ Choices (docs/security.md, docs/performance.md):
   message inflates to: each frame is inflated as it arrives, with zlib's ``max_length`` at the
   budget left plus one, so a frame that would inflate past the limit is closed with 1009
   after at most the limit has been allocated (a 64 KiB limit stops a 10 MB bomb at 64 KiB).
-  A compressed frame is also refused on its header when its compressed length alone is over
-  the budget, as an uncompressed one is.
+  A compressed frame is refused on its header when its compressed length alone is over the
+  limit (an uncompressed one when it is over the budget left).
 - **UTF-8 fails fast** on the inflated text, fragment by fragment (1007), as on the plain
   path; only inside one compressed frame still incomplete is it checked when the frame is.
 - A compressed control frame, or RSV1 on a continuation frame (section 6.1), is 1002; data
@@ -197,7 +197,12 @@ class DeflateProtocol(MiawsProtocol):
             fragments = self._fragmented_message_buffer
             start = pos
             budget = limit if fragments is None else limit - len(fragments)
-            frame = parse_frame(data, pos, budget, RESERVED)
+            # A compressed frame may be longer than what it inflates to: its header is held
+            # to the whole limit, what it inflates to (below) to the budget left.
+            if inflater.stream is not None or (pos < len(data) and data[pos] & RSV1):
+                frame = parse_frame(data, pos, limit, RESERVED)
+            else:
+                frame = parse_frame(data, pos, budget, RESERVED)
             if type(frame) is int:
                 if frame > 0:
                     tail = data[pos:]
