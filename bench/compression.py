@@ -205,6 +205,28 @@ async def cpu(port: int, pid: int, offer: bool, size: int, messages: int) -> flo
     return (t.user + t.system - before) / (per * 4) * 1e6
 
 
+MEMORY_ROWS = [  # (label, server, clients offer permessage-deflate)
+    ("off", "off", False),
+    ("level 1", "level 1", True),
+    ("level 1, plain client", "level 1", False),
+    ("tornado, plain client", "tornado", False),
+    ("tornado, takeover", "tornado", True),
+]
+CPU_SERVERS = ["off", "level 1", "level 6"]
+
+
+def start(name: str, tmp: Path) -> Any:
+    if name == "tornado":
+        server: Any = Tornado()
+    else:
+        level = {"off": None, "level 1": {"enabled": "true"}}.get(
+            name, {"enabled": "true", "level": 6}
+        )
+        server = ServerProcess(config(level), tmp)
+    server.wait_ready()
+    return server
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--connections", type=int, default=500)
@@ -212,34 +234,30 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="miaws-compression-"))
-    servers: dict[str, Any] = {
-        "off": ServerProcess(config(None), tmp),
-        "level 1": ServerProcess(config({"enabled": "true"}), tmp),
-        "level 6": ServerProcess(config({"enabled": "true", "level": 6}), tmp),
-        "tornado, takeover": Tornado(),
-    }
+    rows: dict[str, list[float]] = {}
+    for _ in range(args.repeat):
+        # Memory: a fresh server per row (a second round would reuse the memory the first
+        # freed), warmed up by 10 connections first.
+        for label, name, offer in MEMORY_ROWS:
+            server = start(name, tmp)
+            try:
+                asyncio.run(memory(server.port, server.proc.pid, offer, 10))
+                figure = asyncio.run(memory(server.port, server.proc.pid, offer, args.connections))
+                rows.setdefault(f"memory {label}", []).append(figure)
+            finally:
+                server.stop()
+    servers = {name: start(name, tmp) for name in CPU_SERVERS}
     try:
-        for s in servers.values():
-            s.wait_ready()
-        rows: dict[str, list[float]] = {}
-        for _ in range(args.repeat):
-            for name, s in servers.items():
-                for offer in [False, True] if name in ("off", "tornado, takeover") else [True]:
-                    if name == "off" and offer:
-                        continue
-                    label = f"{name}{', plain client' if not offer and name != 'off' else ''}"
-                    rows.setdefault(f"memory {label}", []).append(
-                        asyncio.run(memory(s.port, s.proc.pid, offer, args.connections))
+        for _ in range(args.repeat):  # interleaved: each round runs every row once
+            for size in (200, 2000, 16000):
+                for name, server in servers.items():
+                    figure = asyncio.run(
+                        cpu(server.port, server.proc.pid, name != "off", size, args.messages)
                     )
-                    if name.startswith("tornado"):
-                        continue
-                    for size in (200, 2000, 16000):
-                        rows.setdefault(f"cpu {size} B {label}", []).append(
-                            asyncio.run(cpu(s.port, s.proc.pid, offer, size, args.messages))
-                        )
+                    rows.setdefault(f"cpu {size} B {name}", []).append(figure)
     finally:
-        for s in servers.values():
-            s.stop()
+        for server in servers.values():
+            server.stop()
     print(
         f"{args.connections} idle connections, {args.messages} echo round trips, "
         f"medians of {args.repeat} (shared machine)"

@@ -83,13 +83,15 @@ class Encoded:
     them."""
 
     __slots__ = ("payload", "data", "_text", "wire", "deflated")
+    deflated: bytes | None
 
     def __init__(self, payload: dict[str, Any]) -> None:
         self.payload = payload
         self.data = encode_json_bytes(payload)  # UTF-8 JSON
         self._text: str | None = None
         self.wire: bytes | None = None
-        self.deflated: bytes | None = None
+        # ``deflated`` stays unset until a compressed connection wants it: no work per
+        # message when compression is off (read it with getattr).
 
     @property
     def text(self) -> str:

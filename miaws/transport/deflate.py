@@ -107,7 +107,7 @@ class Deflater:
         recipient with the default window; the caller has checked ``min_size``."""
         if self.wbits != zlib.MAX_WBITS:
             return server_frame(FIN | RSV1 | 0x1, self.compress(message.data))
-        frame = message.deflated
+        frame: bytes | None = getattr(message, "deflated", None)
         if frame is None:
             frame = message.deflated = server_frame(FIN | RSV1 | 0x1, self.compress(message.data))
         return frame
