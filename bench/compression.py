@@ -17,6 +17,10 @@ directions keep their zlib streams for the connection's life).
   connections with 50 in flight each, per message, for messages of 200 B (under
   ``compression.min_size``: sent as they are), 2 KB and 16 KB of JSON; clients compress what
   they send, as browsers do.  Rows are interleaved, REPEAT times, medians printed.
+- **zlib alone**, in this process: CPU microseconds to deflate each payload as the server
+  does (``Deflater.compress``, a zlib stream per message) at levels 1 and 6 and to inflate
+  it, and the compressed size: the part of the per-message cost that is compression's.
+  ``--zlib-only`` prints just this (seconds, not minutes).
 
 Client and servers share the machine: compare rows with each other, not with other machines.
 """
@@ -44,6 +48,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import ServerProcess, free_port  # noqa: E402  (the test suite's process helpers)
 
+from miaws.transport.deflate import Deflater  # noqa: E402
 from miaws.transport.frames import encode_frame  # noqa: E402
 
 OFFER = "permessage-deflate; client_max_window_bits"
@@ -227,12 +232,39 @@ def start(name: str, tmp: Path) -> Any:
     return server
 
 
+def zlib_alone(rounds: int = 2000) -> None:
+    """Print the zlib part of a message's cost (see the module docstring)."""
+    for size in (200, 2000, 16000):
+        data = payload(size).encode()
+        figures, sizes = [], []
+        for level in (1, 6):
+            deflater = Deflater(level, 0)
+            started = time.process_time()
+            for _ in range(rounds):
+                compressed = deflater.compress(data)
+            figures.append((time.process_time() - started) / rounds * 1e6)
+            sizes.append(len(compressed))
+            if level == 1:
+                started = time.process_time()
+                for _ in range(rounds):
+                    zlib.decompressobj(-15).decompress(compressed + TAIL)
+                inflate_us = (time.process_time() - started) / rounds * 1e6
+        print(
+            f"zlib {len(data):6} B: deflate {figures[0]:6.1f} µs (level 1, to {sizes[0]} B), "
+            f"{figures[1]:6.1f} µs (level 6, to {sizes[1]} B); inflate {inflate_us:5.1f} µs"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--connections", type=int, default=500)
     p.add_argument("--messages", type=int, default=3000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--zlib-only", action="store_true", help="only the zlib figures")
     args = p.parse_args()
+    zlib_alone()
+    if args.zlib_only:
+        return
     tmp = Path(tempfile.mkdtemp(prefix="miaws-compression-"))
     rows: dict[str, list[float]] = {}
     for _ in range(args.repeat):
