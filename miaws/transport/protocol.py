@@ -21,8 +21,9 @@ fragmented text message with an incremental decoder, fragment by fragment; and a
 still incomplete, part by part as its bytes come in; any of them not UTF-8 closes with 1007.
 Close frames with an invalid code (section 7.4.1) are answered with 1002, a close reason that
 is not UTF-8 with 1007 (Autobahn 6.4.*, 7.5.1, 7.9.*; issue 15), an unmasked frame with
-1002 (section 5.1).  Everything else - control
-frames, the size limit (1009), closing - stays Tornado's.
+1002 (section 5.1).  Everything else - control frames, the size limit (1009), closing - stays
+Tornado's.  permessage-deflate connections have a subclass of their own,
+:class:`miaws.transport.deflate.DeflateProtocol`.
 
 Tornado internals used here are declared in :mod:`miaws.transport.tornado_private`.
 """
