@@ -169,8 +169,13 @@ async def drive(
         except OSError:
             pass
         await asyncio.wait_for(asyncio.shield(recorder.done), timeout)
+        await asyncio.wait([running], timeout=timeout)
+        if running.done() and running.exception() is not None:
+            # Tornado's reader raises on a close reason that is not UTF-8 and leaves the
+            # stream open: record it, and close the stream as a server would time out.
+            outcome.errors.append(f"reader raised {running.exception()!r}")
+            protocol.stream.close()
         await asyncio.wait_for(reading, timeout)
-        await running
     except asyncio.TimeoutError:
         outcome.errors.append("timed out")
     finally:
