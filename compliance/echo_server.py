@@ -5,7 +5,8 @@
 serves ``ws://127.0.0.1:PORT/``: miaws's upgrade path (``UpgradeServer``), its WebSocket
 protocol and frame reader (``MiawsProtocol``), with no welcome and no dispatcher: each text
 message is sent back as text and each binary one as binary.  Limits are raised for the
-suite's 16 MB cases; ``--compression`` offers permessage-deflate (Tornado's).
+suite's 16 MB cases; ``--compression`` turns permessage-deflate on (``compression.enabled``,
+every message compressed: ``min_size`` 0; :mod:`miaws.transport.deflate`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from typing import Any
 
 import tornado.web
 
@@ -27,11 +27,6 @@ MAX_MESSAGE = 32 * 1024 * 1024  # the suite's largest cases send 16 MiB
 
 class EchoEndpoint(WebSocketEndpoint):
     """miaws's endpoint with the service taken out: open does nothing, messages echo."""
-
-    compression: dict[str, Any] | None = None
-
-    def get_compression_options(self) -> dict[str, Any] | None:
-        return self.compression
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.set_nodelay(True)
@@ -50,12 +45,12 @@ async def serve(port: int, compression: bool) -> None:
             "heartbeat": {"interval": 0, "timeout": 0},
             "limits": {"max_message_bytes": MAX_MESSAGE, "max_queued_bytes": 0},
             "socketio": {"enabled": False},
+            "compression": {"enabled": compression, "min_size": 0},
         },
         source="compliance",
         environ={},
     )
     service = Service.from_settings(settings)
-    EchoEndpoint.compression = {} if compression else None
     app = tornado.web.Application(
         [("/", EchoEndpoint, {"service": service})],
         websocket_max_message_size=MAX_MESSAGE,

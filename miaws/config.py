@@ -408,6 +408,26 @@ class ShutdownSettings:
 
 
 @dataclass(frozen=True)
+class CompressionSettings:
+    enabled: bool = setting(
+        False,
+        "Offer permessage-deflate (RFC 7692) on the native endpoint and Socket.IO. Off: it costs "
+        "CPU per message, and zlib memory per message received compressed.",
+        expect="true or false",
+    )
+    min_size: int = setting(
+        1024,
+        "Messages shorter than this many bytes are sent uncompressed.",
+        expect="a whole number of bytes",
+    )
+    level: int = setting(
+        1,
+        "zlib compression level of sent messages: 1 (fastest) to 9 (smallest).",
+        expect="a whole number from 1 to 9",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
@@ -425,6 +445,7 @@ class Settings:
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     rooms: RoomsSettings = field(default_factory=RoomsSettings)
+    compression: CompressionSettings = field(default_factory=CompressionSettings)
     source: str = field(default="defaults", compare=False)
     """Where the settings came from (file path or 'defaults'), for messages."""
 
@@ -607,6 +628,7 @@ def _validate(s: Settings) -> None:
             "positive number of seconds"
         )
     _validate_backends(src, s)
+    _validate_compression(src, s.compression)
 
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
@@ -695,6 +717,17 @@ def _validate_backends(src: str, s: Settings) -> None:
         raise ConfigError(
             f"{src}: proxy.types is set but the plugin proxy is not in plugins.enabled; "
             "add proxy there"
+        )
+
+
+def _validate_compression(src: str, c: CompressionSettings) -> None:
+    if not 1 <= c.level <= 9:
+        raise ConfigError(
+            f"{src}: compression.level has value {c.level}; expected a whole number from 1 to 9"
+        )
+    if c.min_size < 0:
+        raise ConfigError(
+            f"{src}: compression.min_size has value {c.min_size}; expected a whole number of bytes"
         )
 
 

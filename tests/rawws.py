@@ -38,6 +38,8 @@ class RawWS:
         self.reader = reader
         self.writer = writer
         self.status = 0
+        self.headers: dict[str, str] = {}  # of the upgrade's response, names in lower case
+        self.rsv1 = False  # the last frame read had RSV1 (permessage-deflate: compressed)
 
     @classmethod
     async def open(
@@ -63,6 +65,10 @@ class RawWS:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         conn = cls(reader, writer)
         conn.status = int(head.split(b" ", 2)[1])
+        for line in head.decode("latin1").split("\r\n")[1:]:
+            if ":" in line:
+                name, _, value = line.partition(":")
+                conn.headers[name.strip().lower()] = value.strip()
         return conn
 
     def send_raw(self, data: bytes) -> None:
@@ -86,6 +92,7 @@ class RawWS:
             payload = await self.reader.readexactly(n)
         except (asyncio.IncompleteReadError, ConnectionError):
             return None
+        self.rsv1 = bool(b0 & 0x40)
         return b0 & 0x0F, payload
 
     async def read_json(self, timeout: float = 5.0) -> dict[str, Any]:

@@ -26,6 +26,18 @@ async def test_invalid_close_code_is_a_protocol_error(port: int, code: int) -> N
     ws.abort()
 
 
+@pytest.mark.parametrize("frame", [b"\x81\x05hello", b"\x89\x00", b"\x81\x7e\x01\x00"])
+async def test_an_unmasked_frame_is_a_protocol_error(port: int, frame: bytes) -> None:
+    """RFC 6455 section 5.1: a client's frames are masked; one that is not (text, ping, or
+    a header alone) is answered with 1002 and the connection closed."""
+    ws = await RawWS.open(port)
+    assert (await ws.read_json())["type"] == "welcome"
+    ws.send_raw(frame)
+    assert await ws.close_code() == 1002
+    assert await ws.read_frame(timeout=5) is None  # then the server closes the socket
+    ws.abort()
+
+
 async def test_one_byte_close_payload_is_a_protocol_error(port: int) -> None:
     ws = await RawWS.open(port)
     ws.send_raw(client_frame(b"\x03", 0x8))

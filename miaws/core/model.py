@@ -81,15 +81,20 @@ class Encoded:
 
     ``wire`` is a transport's own encoding of it, kept by that transport on first use so the
     next recipient gets the same bytes (the native endpoint's WebSocket frame:
-    :func:`miaws.transport.frames.text_frame`); the core never reads it."""
+    :func:`miaws.transport.frames.text_frame`), ``deflated`` its compressed frame for
+    permessage-deflate recipients (:mod:`miaws.transport.deflate`); the core never reads
+    them."""
 
-    __slots__ = ("payload", "data", "_text", "wire")
+    __slots__ = ("payload", "data", "_text", "wire", "deflated")
+    deflated: bytes | None
 
     def __init__(self, payload: dict[str, Any]) -> None:
         self.payload = payload
         self.data = encode_json_bytes(payload)  # UTF-8 JSON
         self._text: str | None = None
         self.wire: bytes | None = None
+        # ``deflated`` stays unset until a compressed connection wants it: no work per
+        # message when compression is off (read it with getattr).
 
     @property
     def text(self) -> str:

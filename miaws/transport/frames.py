@@ -18,11 +18,13 @@ This shape rather than an object holding the buffer or a generator (as python-we
 120k messages/s on one core), and one plain call per frame keeps the loop as cheap as the
 inline parser it replaced (~1% of a message's server CPU; docs/hot-path.md has the figures).
 
-Checks made here, on the header alone: reserved bits (no extension is negotiated on this
-path: permessage-deflate connections use Tornado's own reader), control frames of more than
-125 bytes, and the size limit (``limit``: what the message may still grow by, so a frame
-over it is refused before its payload has arrived).  Masking is undone with Tornado's C
-function when it is built.  Fragmentation, opcodes and UTF-8 are the caller's.
+Checks made here, on the header alone: reserved bits (``reserved``: those no extension
+claims; a permessage-deflate connection, :mod:`miaws.transport.deflate`, passes RSV1
+through), control frames of more than 125 bytes, the size limit (``limit``: what the
+message may still grow by, so a frame over it is refused before its payload has arrived) and
+the mask: a client's frames are masked (RFC 6455 section 5.1), an unmasked one is
+:data:`UNMASKED`.  Masking is undone with Tornado's C function when it is built.
+Fragmentation, opcodes, UTF-8 and inflating are the caller's.
 """
 
 from __future__ import annotations
@@ -31,25 +33,41 @@ from tornado.util import _websocket_mask  # Tornado's C speedup when it is built
 
 from miaws.core.model import Encoded
 
-__all__ = ["parse_frame", "Frame", "TOO_BIG", "PROTOCOL_ERROR", "FIN", "text_frame", "encode_frame"]
+__all__ = [
+    "parse_frame",
+    "Frame",
+    "TOO_BIG",
+    "PROTOCOL_ERROR",
+    "UNMASKED",
+    "FIN",
+    "RSV1",
+    "text_frame",
+    "encode_frame",
+]
 
 TOO_BIG = -1
 """The frame would take the message over the limit: close 1009."""
 PROTOCOL_ERROR = -2
 """Reserved bits set, or a control frame over 125 bytes: drop the connection."""
+UNMASKED = -3
+"""A client frame without a mask (RFC 6455 section 5.1): close 1002."""
 FIN = 0x80
+RSV1 = 0x40
+"""The first reserved bit: "compressed" on a permessage-deflate connection (RFC 7692)."""
+RESERVED = 0x70
 
 Frame = tuple[int, int, bytes, int]
 """(opcode, fin (0 or 0x80), unmasked payload, position just after the frame)."""
 
 
-def parse_frame(data: bytes, pos: int, limit: int) -> Frame | int:
-    """The frame starting at ``data[pos]``.
+def parse_frame(data: bytes, pos: int, limit: int, reserved: int = RESERVED) -> Frame | int:
+    """The client frame starting at ``data[pos]``.
 
     Returns a :data:`Frame` when it is complete; else a positive int, the number of bytes
     from ``pos`` needed before trying again (2 for a header, 4 or 10 for an extended length,
     the whole frame once its length is known); or :data:`TOO_BIG` (its length is over
-    ``limit``) or :data:`PROTOCOL_ERROR`."""
+    ``limit``), :data:`PROTOCOL_ERROR` (a bit of ``reserved`` set, or a long control frame)
+    or :data:`UNMASKED`.  The frame's RSV1 is ``data[pos] & RSV1``."""
     end = len(data)
     if end - pos < 2:
         return 2
@@ -65,24 +83,21 @@ def parse_frame(data: bytes, pos: int, limit: int) -> Frame | int:
             return 2 + size
         length = int.from_bytes(data[head : head + size], "big")
         head += size
-    if b0 & 0x70:  # RSV1-3: an extension we did not negotiate
+    if b0 & reserved:  # RSV1-3: an extension we did not negotiate
         return PROTOCOL_ERROR
     if length > limit:
         return TOO_BIG
-    if b1 & 0x80:
-        stop = head + 4 + length
-        if stop > end:
-            return stop - pos
-        return (
-            b0 & 0x0F,
-            b0 & FIN,
-            _websocket_mask(data[head : head + 4], data[head + 4 : stop]),
-            stop,
-        )
-    stop = head + length
+    if not b1 & 0x80:
+        return UNMASKED
+    stop = head + 4 + length
     if stop > end:
         return stop - pos
-    return b0 & 0x0F, b0 & FIN, data[head:stop], stop
+    return (
+        b0 & 0x0F,
+        b0 & FIN,
+        _websocket_mask(data[head : head + 4], data[head + 4 : stop]),
+        stop,
+    )
 
 
 def text_frame(message: Encoded) -> bytes:

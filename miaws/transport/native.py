@@ -31,10 +31,11 @@ from miaws.core.model import Client, Encoded, Outgoing
 from miaws.service import Service
 from miaws.transport.admission import SLOW_CONSUMER, Refused, refuse_request
 from miaws.transport.auth import Identity
+from miaws.transport.deflate import DeflateProtocol, Deflater, compression_options
 from miaws.transport.frames import text_frame
 from miaws.transport.protocol import MiawsProtocol
 
-__all__ = ["WebSocketEndpoint", "NativeClient"]
+__all__ = ["WebSocketEndpoint", "NativeClient", "DeflateClient"]
 
 log = logging.getLogger("miaws")
 
@@ -100,6 +101,36 @@ class NativeClient(Client):
 
     def close(self, code: int, reason: str = "") -> None:
         self.handler.close(code, reason)
+
+
+class DeflateClient(NativeClient):
+    """A native client whose connection negotiated permessage-deflate: messages from
+    ``compression.min_size`` bytes on get the compressed frame, made once per message for
+    all such recipients (:meth:`miaws.transport.deflate.Deflater.text_frame`)."""
+
+    __slots__ = ()
+
+    def deliver(self, message: Encoded) -> None:
+        # NativeClient.deliver's steps with another frame; written out again rather than
+        # shared through a helper so that the uncompressed fan-out keeps its one call.
+        conn = self.protocol
+        deflater: Deflater | None = conn._compressor  # type: ignore[assignment]
+        if deflater is None or len(message.data) < deflater.min_size:
+            NativeClient.deliver(self, message)
+            return
+        if conn.stream is None or conn.is_closing():
+            return
+        frame = deflater.text_frame(message)
+        if self.max_queued:
+            queued = len(conn.stream._write_buffer)
+            if queued and self.handler.service.admission.over_queue_cap(queued, len(frame)):
+                self.handler.slow_consumer(queued)
+                return
+        try:
+            conn.send_frame(frame)
+        except StreamClosedError:
+            return
+        self.messages_out += 1
 
 
 class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
@@ -194,12 +225,19 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         self._status_code = 200
         self._reason = "OK"
 
+    def get_compression_options(self) -> dict[str, Any] | None:
+        """permessage-deflate offered back when ``compression.enabled``."""
+        c = self.service.settings.compression
+        return compression_options(c.enabled, c.level, c.min_size)
+
     def get_websocket_protocol(self) -> WebSocketProtocol | None:
         protocol = super().get_websocket_protocol()
         if protocol is not None:
             # Tornado builds its protocol from private parameters; reuse that and only
-            # change the class, so every Tornado setting keeps applying.
-            protocol.__class__ = MiawsProtocol
+            # change the class, so every Tornado setting keeps applying.  DeflateProtocol
+            # becomes a MiawsProtocol when the client offers no compression.
+            enabled = self.service.settings.compression.enabled
+            protocol.__class__ = DeflateProtocol if enabled else MiawsProtocol
         return protocol
 
     def open(self, *args: str, **kwargs: str) -> None:
@@ -220,7 +258,9 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         self._start(self.identity)
 
     def _start(self, identity: Identity) -> None:
-        self.client = NativeClient(
+        # Negotiated by now (the protocol's class changes only at its first read).
+        deflating = getattr(self.ws_connection, "_compressor", None) is not None
+        self.client = (DeflateClient if deflating else NativeClient)(
             self,
             self.ws_connection,  # type: ignore[arg-type]
             self.service.new_client_id(),

@@ -20,8 +20,10 @@ the other connections get theirs (fair turns).  The reader checks UTF-8 as it ar
 fragmented text message with an incremental decoder, fragment by fragment; and a text frame
 still incomplete, part by part as its bytes come in; any of them not UTF-8 closes with 1007.
 Close frames with an invalid code (section 7.4.1) are answered with 1002, a close reason that
-is not UTF-8 with 1007 (Autobahn 6.4.*, 7.5.1, 7.9.*; issue 15).  Everything else - control
-frames, the size limit (1009), closing - stays Tornado's.
+is not UTF-8 with 1007 (Autobahn 6.4.*, 7.5.1, 7.9.*; issue 15), an unmasked frame with
+1002 (section 5.1).  Everything else - control frames, the size limit (1009), closing - stays
+Tornado's.  permessage-deflate connections have a subclass of their own,
+:class:`miaws.transport.deflate.DeflateProtocol`.
 
 Tornado internals used here are declared in :mod:`miaws.transport.tornado_private`.
 """
@@ -43,9 +45,9 @@ from tornado.websocket import WebSocketProtocol13
 
 from miaws.core.errors import CloseCode
 from miaws.core.model import Closed
-from miaws.transport.frames import TOO_BIG, parse_frame
+from miaws.transport.frames import TOO_BIG, UNMASKED, parse_frame
 
-__all__ = ["MiawsProtocol", "corking", "run_corked", "READ_CHUNK"]
+__all__ = ["MiawsProtocol", "Paused", "corking", "run_corked", "READ_CHUNK"]
 
 log = logging.getLogger("miaws")
 
@@ -248,7 +250,8 @@ class MiawsProtocol(WebSocketProtocol13):
         read, so a waiting connection holds no task or coroutine (~2.5 KiB less).  Future
         callbacks run as their own turns of the event loop, so after each read the other
         connections get theirs (fair turns)."""
-        if self._decompressor is not None:  # permessage-deflate: Tornado's own reader
+        if self._decompressor is not None:  # Tornado's permessage-deflate: its own reader
+            # (the native endpoint's is miaws.transport.deflate.DeflateProtocol's)
             _keep(asyncio.ensure_future(super()._receive_frame_loop()))
             return
         self._read_next()
@@ -314,7 +317,7 @@ class MiawsProtocol(WebSocketProtocol13):
             log.exception("frame reader failed; closing the connection")
             self._abort()
             step = None
-        if isinstance(step, _Paused):
+        if isinstance(step, Paused):
             _keep(asyncio.ensure_future(self._resume(step, data)))
         elif step is None or self.client_terminated:
             self._stopped()
@@ -329,7 +332,7 @@ class MiawsProtocol(WebSocketProtocol13):
                 self._need = need
             self._read_next()
 
-    async def _resume(self, paused: _Paused, data: bytes) -> None:
+    async def _resume(self, paused: Paused, data: bytes) -> None:
         """Wait for an async handler, then go on with the frames after its message."""
         try:
             await paused.handled
@@ -344,10 +347,10 @@ class MiawsProtocol(WebSocketProtocol13):
         """Reading has ended: tell the handler how the connection closed."""
         self.handler.on_ws_connection_close(self.close_code, self.close_reason)
 
-    def _handle_frames(self, data: bytes, pos: int) -> tuple[int, bytes] | _Paused | None:
+    def _handle_frames(self, data: bytes, pos: int) -> tuple[int, bytes] | Paused | None:
         """Handle every complete frame of data from pos on (corked by :meth:`_handle_read`).
 
-        Returns (bytes needed for the next frame, the unparsed tail); :class:`_Paused` when
+        Returns (bytes needed for the next frame, the unparsed tail); :class:`Paused` when
         an async handler must finish before the next frame; or None once the connection is
         done (aborted, closed or over the size limit)."""
         limit = self.params.max_message_size
@@ -361,6 +364,9 @@ class MiawsProtocol(WebSocketProtocol13):
                         self._fail(CloseCode.INVALID_PAYLOAD, "text not UTF-8")
                         return None
                     return frame, tail
+                if frame == UNMASKED:
+                    self._fail(CloseCode.PROTOCOL_ERROR, "frame not masked")
+                    return None
                 if frame == TOO_BIG:
                     self.close(1009, "message too big")
                 self._abort()
@@ -383,7 +389,7 @@ class MiawsProtocol(WebSocketProtocol13):
                             return None
                         handled = self._run_callback(self.handler.on_message, "".join(parts))
                         if handled is not None:
-                            return _Paused(handled, pos)
+                            return Paused(handled, pos)
                         if self.client_terminated:
                             return None
                         continue
@@ -401,7 +407,7 @@ class MiawsProtocol(WebSocketProtocol13):
                 else:
                     handled = self._handle_message(opcode, payload)
                 if handled is not None:  # an async handler: finish it before the next
-                    return _Paused(handled, pos)
+                    return Paused(handled, pos)
                 if self.client_terminated:
                     return None
             elif opcode & 0x08:  # control frames must not be fragmented
@@ -533,7 +539,7 @@ class _PartialText:
         return True
 
 
-class _Paused(NamedTuple):
+class Paused(NamedTuple):
     """Frame handling waits for an async handler; it goes on at ``pos`` when it is done."""
 
     handled: Awaitable[Any]

@@ -2,7 +2,8 @@
 
 miaws is fast because it works under Tornado's public API in a few places (see
 docs/hot-path.md): the frame reader and corked writes of :mod:`miaws.transport.protocol`, the
-short way in for upgrades (:mod:`miaws.transport.upgrade`), the lighter handler of
+short way in for upgrades (:mod:`miaws.transport.upgrade`), permessage-deflate
+(:mod:`miaws.transport.deflate`), the lighter handler of
 :mod:`miaws.transport.native`, the slow-consumer cap, one error body in :mod:`miaws.ops.httpapi`.
 Those names are not Tornado's promise, so each one miaws touches is listed here, by the class
 (or module) that owns it.  Code elsewhere may use them inline (the hot path does) only when
@@ -31,6 +32,7 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
         "_write_frame",  # control frames written directly
         "_run_callback",  # how Tornado calls on_message
         "_abort",
+        "_create_compressors",  # permessage-deflate: miaws's answer and zlib objects
     ),
     "tornado.tcpserver.TCPServer": (
         "_handle_connection",  # what miaws's accept loop gives an accepted socket to
@@ -59,7 +61,8 @@ INSTANCE_NAMES: dict[str, tuple[str, ...]] = {
     "tornado.websocket.WebSocketProtocol13": (
         "_fragmented_message_buffer",
         "_fragmented_message_opcode",
-        "_decompressor",  # permessage-deflate: Tornado's own reader then
+        "_decompressor",  # permessage-deflate: holds miaws's Inflater (Tornado's reader if not)
+        "_compressor",  # permessage-deflate: holds miaws's Deflater
         "_wire_bytes_out",
         "_ping_coroutine",  # holds the heartbeat's timer handle instead of a task
         "_received_pong",
