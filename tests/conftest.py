@@ -8,6 +8,7 @@ has already read its ``welcome``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tornado.ioloop
 import tornado.web
 from helpers import ServerProcess
 from http_backend import TestBackend
@@ -29,6 +31,20 @@ from miaws.service import Service
 ROOT = Path(__file__).resolve().parent.parent
 Connect = Callable[..., Awaitable[Peer]]
 RawConnect = Callable[..., Awaitable[RawWS]]
+
+
+@pytest.fixture
+def io_loop() -> Iterator[tornado.ioloop.IOLoop]:
+    """pytest-tornasync's loop, without the stray one: Tornado's ``make_current`` asks
+    asyncio for the current loop to restore later, and with none set asyncio makes one that
+    nobody closes; a later ``asyncio.run`` drops it and the garbage collector reports it
+    (a ResourceWarning, an error here) in whatever test is running then."""
+    asyncio.set_event_loop(None)  # so there is nothing to make, and nothing to restore
+    loop = tornado.ioloop.IOLoop()
+    loop.make_current()
+    yield loop
+    loop.clear_current()
+    loop.close(all_fds=True)
 
 
 @pytest.fixture

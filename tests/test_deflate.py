@@ -221,4 +221,8 @@ async def test_socketio_follows_the_same_setting(port: int) -> None:
     ws = await RawWS.open(port, "/socket.io/?EIO=4&transport=websocket", headers=OFFER)
     assert ws.status == 101
     assert ws.headers["sec-websocket-extensions"].startswith("permessage-deflate")
+    # End the session as a client does (a close frame, answered), so no Engine.IO task of it
+    # is left pending when the server stops.
+    ws.send_raw(client_frame(b"\x03\xe8", 0x8))
+    assert await ws.close_code() == 1000
     ws.abort()
