@@ -1,0 +1,106 @@
+"""Socket.IO's hot path on the WebSocket: Engine.IO packets read and written by miaws.
+
+python-engineio and python-socketio keep every part of the protocol (the handshake, namespace
+``CONNECT`` / ``DISCONNECT``, long-polling and the upgrade from it, ping / pong, binary packets,
+errors).  Once a session is connected over a WebSocket, the two commonest packets skip their
+machinery, which costs an asyncio task or two per packet (the reader's ``wait_for`` and the
+writer's queue) and a Tornado ``write_message`` per packet:
+
+- **In**: a text frame holding an Engine.IO ``MESSAGE`` with a Socket.IO ``EVENT`` (``42…``,
+  with or without an ack id or a namespace) is parsed here (:func:`parse_event`) and handed to
+  the bridge at once, while Engine.IO's own reader is idle (nothing it has queued is still
+  unhandled, so order is kept).  Anything else goes to Engine.IO's reader as before.
+- **Out**: a packet for a session (:func:`write`) becomes a WebSocket frame sent through the
+  connection's :class:`~miaws.transport.protocol.MiawsProtocol` (corked while a read is
+  handled, as on the native endpoint) when nothing Engine.IO queued for that session is still
+  unwritten; else it joins Engine.IO's queue behind it.  :class:`SocketQueue` is Engine.IO's
+  per-session queue counting what it holds, so the test costs nothing.
+
+The internals of both libraries relied on here are declared in
+:mod:`miaws.transport.engineio_private`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import engineio
+import engineio.packet
+from tornado.iostream import StreamClosedError
+
+__all__ = ["SocketQueue", "EngineServer", "write", "text_frame_of", "bind"]
+
+_MAX_ID_DIGITS = 15
+
+
+class SocketQueue(asyncio.Queue[Any]):
+    """Engine.IO's per-session packet queue, counting the packets put and not yet done.
+
+    ``held`` is 0 when Engine.IO's writer has written everything put here (it calls
+    ``task_done`` per packet in the same turn as it writes them), so a frame written directly
+    then cannot overtake one of Engine.IO's.  ``ws`` is the Tornado handler whose WebSocket
+    carries the session, once known (:func:`bind`)."""
+
+    held = 0
+    ws: Any = None
+
+    def put_nowait(self, item: Any) -> None:
+        super().put_nowait(item)
+        self.held += 1
+
+    def task_done(self) -> None:
+        super().task_done()
+        self.held -= 1
+
+
+class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
+    """python-engineio's server with :class:`SocketQueue` as each session's queue."""
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
+        return SocketQueue(*args, **kwargs)
+
+
+def bind(socket: Any, handler: Any) -> None:
+    """Record that handler's WebSocket carries the Engine.IO session socket."""
+    queue = socket.queue
+    if isinstance(queue, SocketQueue):
+        queue.ws = handler
+        handler.eio_socket = socket
+
+
+def text_frame_of(data: bytes) -> bytes:
+    """The unmasked WebSocket text frame of data (UTF-8)."""
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + data
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + data
+
+
+def write(socket: Any, text: str, frame: bytes | None = None) -> None:
+    """Send the Socket.IO packet text (frame: its Engine.IO frame, ``4`` + text, when built
+    already) to the session socket: written directly when its WebSocket is up and Engine.IO
+    holds nothing unwritten for it, else queued for Engine.IO (as ``AsyncSocket.send`` does,
+    without its task).  Nothing is sent to a closed session."""
+    if socket.closed:
+        return
+    queue = socket.queue
+    ws = queue.ws
+    if (
+        ws is not None
+        and not queue.held
+        and socket.upgraded
+        and not socket.upgrading
+        and not socket.closing
+    ):
+        conn = ws.ws_connection
+        if conn is None or conn.is_closing():
+            return  # the WebSocket is going; Engine.IO ends the session
+        try:
+            conn.send_frame(frame or text_frame_of(("4" + text).encode()))
+        except StreamClosedError:
+            pass
+        return
+    queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=text))
