@@ -13,6 +13,47 @@ from helpers import eventually
 
 from miaws.service import Service
 from miaws.transport.frames import encode_frame
+from miaws.transport.sio_wire import parse_event
+
+
+# ---------------------------------------------------------------- the parser, on text alone
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ('42["echo",{"message":"a"}]', ("/", None, ["echo", {"message": "a"}])),
+        ('427["echo",{}]', ("/", 7, ["echo", {}])),
+        ('42/chat,["ping"]', ("/chat", None, ["ping"])),
+        ('42/chat,12["ping",1,2]', ("/chat", 12, ["ping", 1, 2])),
+        ('42["é",{"x":"ü"}]', ("/", None, ["é", {"x": "ü"}])),
+        ('42["n",{"big":123456789012345678}]', ("/", None, ["n", {"big": 123456789012345678}])),
+    ],
+)
+def test_events_are_parsed(text: str, parsed: Any) -> None:
+    assert parse_event(text) == parsed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2",  # an Engine.IO ping
+        "40",  # CONNECT
+        '43["x"]',  # ACK
+        '451-["x",{"_placeholder":true,"num":0}]',  # BINARY_EVENT
+        '42/chat["x"]',  # no comma after the namespace
+        '42/chat?x=1,["x"]',  # a query in the namespace
+        '4212-["x"]',  # attachments on a plain event
+        '421234567890123456["x"]',  # a longer id than the fast path takes
+        '42["x",NaN]',  # the json module reads it, orjson does not
+        '42["x",1234567890123456789]',  # 19 digits: orjson would make a float
+        '42["x"',  # invalid JSON
+        "42{}",
+        "42[]",
+        "42[1]",
+        '42 ["x"]',
+    ],
+)
+def test_anything_else_is_left_to_python_socketio(text: str) -> None:
+    assert parse_event(text) is None
 
 
 # ---------------------------------------------------------------- over a raw socket

@@ -48,7 +48,11 @@ PRIVATE: dict[str, tuple[str, ...]] = {
 }
 """Underscore names, by class (checked with hasattr)."""
 
-PRIVATE_INSTANCE: dict[str, tuple[str, ...]] = {}
+PRIVATE_INSTANCE: dict[str, tuple[str, ...]] = {
+    # eio_sid -> a binary packet awaiting its attachments: such a session's next frames
+    # are python-socketio's
+    "socketio.async_server.AsyncServer": ("_binary_packet",),
+}
 """Underscore names set on instances, by class (checked on a live server)."""
 
 UNDOCUMENTED: dict[str, tuple[str, ...]] = {

@@ -161,6 +161,7 @@ class SocketIOBridge:
         base: Any = socketio.get_tornado_handler(self.sio)
         admission = self.service.admission
         compression = self.compression
+        bridge = self
         sockets = self.sio.eio.sockets
 
         class Handler(base):  # type: ignore[misc]
@@ -204,7 +205,12 @@ class SocketIOBridge:
                 return super().open(*args, **kwargs)
 
             def on_message(self, message: str | bytes) -> Any:
-                # Synchronous: Engine.IO's is a coroutine, a task per frame.
+                # Synchronous (Engine.IO's is a coroutine, a task per frame): an event is
+                # handled here when it can be, anything else goes to Engine.IO's reader.
+                if type(message) is str and message.startswith("42"):
+                    handled = bridge.fast_event(self, message)
+                    if handled is not False:
+                        return None if handled is True else handled
                 self.receive_queue.put_nowait(message)
                 return None
 
@@ -380,6 +386,49 @@ class SocketIOBridge:
             return await result.pending
         return result
 
+    def fast_event(self, handler: Any, text: str) -> bool | Awaitable[None]:
+        """Handle an event that came over handler's WebSocket here, as python-socketio
+        would (:mod:`miaws.transport.sio_wire`), and send its ack; False when it is not one
+        the fast path takes.  An awaitable when the message handler is async: the reader
+        waits for it before the next frame."""
+        socket = handler.eio_socket
+        if (
+            socket is None
+            or not handler.waiting  # Engine.IO's reader still has a packet of this session
+            or not handler.receive_queue.empty()
+            or not socket.upgraded
+            or socket.upgrading
+            or socket.closing
+            or socket.sid in self.sio._binary_packet  # attachments awaited
+        ):
+            return False
+        parsed = sio_wire.parse_event(text)
+        if parsed is None:
+            return False
+        namespace, ack, data = parsed
+        client = self.by_session.get((namespace, socket.sid))
+        event = data[0]
+        if client is None or client.closed_with is not None or event in _RESERVED:
+            return False
+        result = self._handle(client, event, data[1:])
+        if type(result) is _Later:
+            return self._ack_later(client, ack, result.pending)
+        if ack is not None:
+            self._ack(client, ack, result)
+        return True
+
+    async def _ack_later(self, client: SocketIOClient, ack: int | None, pending: Any) -> None:
+        value = await pending
+        if ack is not None:
+            self._ack(client, ack, value)
+
+    def _ack(self, client: SocketIOClient, ack: int, value: Any) -> None:
+        """Send the ACK packet of ack with value (none for None), as python-socketio does."""
+        namespace = client.namespace
+        prefix = "3" if namespace == "/" else f"3{namespace},"
+        args = "[]" if value is None else f"[{self._json(value)}]"
+        sio_wire.write(client.socket, f"{prefix}{ack}{args}")
+
     def _handle(self, client: SocketIOClient, event: str, args: Sequence[Any]) -> Any:
         """Dispatch one event; the ack's value, or a :class:`_Later` of it for an async
         message handler."""
@@ -409,6 +458,10 @@ class SocketIOBridge:
             if not out.broadcast:
                 return out.payload
         return outgoing[0].payload if outgoing else None
+
+
+_RESERVED = frozenset(("connect", "disconnect"))
+"""Event names python-socketio hands to the connect / disconnect handlers: left to it."""
 
 
 class _Later(NamedTuple):
