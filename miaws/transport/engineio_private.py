@@ -44,6 +44,7 @@ PRIVATE: dict[str, tuple[str, ...]] = {
         "_handle_eio_message",  # overridden: an unparsable packet closes the connection
         "_handle_connect",  # overridden: what waited for the CONNECT answer goes out after it
         "_engineio_server_class",  # overridden: Engine.IO with miaws's per-session queue
+        "_handle_eio_connect",  # overridden: the session's environ cut to what miaws reads
     ),
 }
 """Underscore names, by class (checked with hasattr)."""

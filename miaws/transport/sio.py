@@ -74,6 +74,11 @@ class _Server(socketio.AsyncServer):  # type: ignore[misc]
         except ValueError:
             await self.bridge.bad_packet(eio_sid)
 
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        # python-socketio keeps the environ of each session for its namespace connects:
+        # keep only what they read (the whole one holds a class and every header, ~3 KiB).
+        await super()._handle_eio_connect(eio_sid, self.bridge.session_opened(eio_sid, environ))
+
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         # python-socketio answers CONNECT after the connect handler has run (and queued the
         # welcome); what was sent to the client meanwhile goes out after that answer.
@@ -166,7 +171,7 @@ class SocketIOBridge:
 
         class Handler(base):  # type: ignore[misc]
             # Kept out of the instance dict (see WebSocketEndpoint's slots).
-            __slots__ = ("eio_socket", "waiting")
+            __slots__ = ("eio_socket", "waiting", "receive_queue")
             eio_socket: Any
             waiting: bool
 
@@ -184,6 +189,10 @@ class SocketIOBridge:
                         self.finish()
                         return None
                 return super().prepare()
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self.receive_queue = sio_wire.LightQueue()  # Engine.IO's: an asyncio.Queue
 
             def get_websocket_protocol(self) -> Any:
                 protocol = super().get_websocket_protocol()
@@ -289,6 +298,19 @@ class SocketIOBridge:
             self.spawn(socket.close(wait=False, abort=True))
         return True
 
+    def session_opened(self, eio_sid: str, environ: dict[str, Any]) -> dict[str, Any]:
+        """An Engine.IO session has opened: bind it to its WebSocket when it came as one (then
+        shed what that handler no longer needs); the part of environ its namespace connects
+        read."""
+        kept = {key: environ[key] for key in _ENVIRON_READ if key in environ}
+        handler = environ.get("tornado.handler")
+        socket = self.sio.eio.sockets.get(eio_sid)
+        if socket is not None and getattr(handler, "ws_connection", None) is not None:
+            sio_wire.bind(socket, handler)
+            sio_wire.shed(handler)
+            sio_wire.shed_environ(environ)
+        return kept
+
     def connected(self, eio_sid: str, namespace: str) -> None:
         """python-socketio has answered the CONNECT of namespace: send what waited for it."""
         client = self.by_session.get((namespace, eio_sid))
@@ -346,9 +368,6 @@ class SocketIOBridge:
         assert identity is not None
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, namespace)
         socket = self.sio.eio.sockets[eio_sid]
-        handler = environ.get("tornado.handler")
-        if getattr(handler, "ws_connection", None) is not None:  # opened as a WebSocket
-            sio_wire.bind(socket, handler)
         client = SocketIOClient(
             self,
             sid,
@@ -459,6 +478,9 @@ class SocketIOBridge:
                 return out.payload
         return outgoing[0].payload if outgoing else None
 
+
+_ENVIRON_READ = ("REMOTE_ADDR", "QUERY_STRING", "HTTP_AUTHORIZATION", "HTTP_USER_AGENT")
+"""The environ keys :meth:`SocketIOBridge.on_connect` reads."""
 
 _RESERVED = frozenset(("connect", "disconnect"))
 """Event names python-socketio hands to the connect / disconnect handlers: left to it."""

@@ -27,16 +27,55 @@ from typing import Any
 
 import engineio
 import engineio.packet
+import tornado.httputil
 from tornado.iostream import StreamClosedError
 
 from miaws.core.model import decode_json_fast
+from miaws.transport.protocol import ListQueue, lighten_stream
 
-__all__ = ["SocketQueue", "EngineServer", "parse_event", "write", "text_frame_of", "bind"]
+__all__ = [
+    "LightQueue",
+    "SocketQueue",
+    "EngineServer",
+    "shed",
+    "shed_environ",
+    "parse_event",
+    "write",
+    "text_frame_of",
+    "bind",
+]
 
 _MAX_ID_DIGITS = 15
 
 
-class SocketQueue(asyncio.Queue[Any]):
+class LightQueue(asyncio.Queue[Any]):
+    """An asyncio queue holding its items and waiters in lists (:class:`ListQueue`) instead
+    of deques: ~2.5 KiB less per queue, and each Engine.IO session has two (its packets, and
+    the frames its WebSocket handler received).  Relies on asyncio's ``_init`` hook (meant
+    for subclasses, as ``PriorityQueue`` uses it) and its ``_getters`` / ``_putters`` /
+    ``_finished._waiters``, which it only appends to, pops from the left, removes from and
+    iterates (Python 3.11-3.13)."""
+
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self._getters: Any = ListQueue()
+        self._putters: Any = ListQueue()
+        self._finished = _LightEvent()
+        self._finished.set()  # as asyncio's: no task unfinished yet
+
+    def _init(self, maxsize: int) -> None:
+        self._queue: Any = ListQueue()
+
+
+class _LightEvent(asyncio.Event):
+    """An asyncio event keeping its waiters in a list (see :class:`LightQueue`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters: Any = ListQueue()
+
+
+class SocketQueue(LightQueue):
     """Engine.IO's per-session packet queue, counting the packets put and not yet done.
 
     ``held`` is 0 when Engine.IO's writer has written everything put here (it calls
@@ -61,6 +100,34 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
 
     def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
         return SocketQueue(*args, **kwargs)
+
+
+def shed(handler: Any) -> None:
+    """Drop what the Tornado handler of a WebSocket session never uses again, once Engine.IO
+    has read the request (as the native endpoint does): its request headers and HTTP/1
+    connection objects, the template namespace, and the deques of its stream's write queues."""
+    request = handler.request
+    request.headers = tornado.httputil.HTTPHeaders()
+    request.connection = None
+    request.server_connection = None
+    handler._headers = tornado.httputil.HTTPHeaders()
+    handler.ui = None
+    conn = handler.ws_connection
+    if conn is not None and conn.stream is not None:
+        lighten_stream(conn.stream)
+
+
+_ENVIRON_STILL_READ = ("HTTP_CONNECTION", "HTTP_UPGRADE")  # by AsyncSocket.handle_get_request
+
+
+def shed_environ(environ: dict[str, Any]) -> None:
+    """Cut the environ of a WebSocket session to what Engine.IO still reads once the
+    session is open: python-engineio's request coroutines keep it as long as the
+    connection, with its ``wsgi.input`` (an instance of a class made per request, ~2.8 KiB)
+    and every request header.  Not for long-polling, whose responses read it again."""
+    environ["wsgi.input"] = None
+    for key in [k for k in environ if k.startswith("HTTP_") and k not in _ENVIRON_STILL_READ]:
+        del environ[key]
 
 
 def bind(socket: Any, handler: Any) -> None:
