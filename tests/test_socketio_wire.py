@@ -3,6 +3,7 @@ written by miaws keep Socket.IO's order and answers, whatever else shares the co
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 import tornado.websocket
 from helpers import eventually
+from sio_helpers import SioPeer
 
 from miaws.service import Service
 from miaws.transport.frames import encode_frame
@@ -178,3 +180,30 @@ async def test_a_large_event_over_many_reads(port: int) -> None:
     assert len(json.loads(event[2:])[1]["original"]) == 60_000
     assert ack_of(ack)[0] == 9
     conn.close()
+
+
+async def test_after_an_upgrade_from_polling(port: int, service: Service) -> None:
+    """A client that started on long-polling and upgraded: its events and acks, and a room
+    broadcast between it and a WebSocket client, once it is on the WebSocket."""
+    url = f"http://127.0.0.1:{port}"
+    upgraded = await SioPeer.connect(url, transports=["polling", "websocket"])
+    direct = await SioPeer.connect(url)
+    try:
+        await eventually(lambda: upgraded.client.transport() == "websocket")
+        acks = await asyncio.gather(
+            *(upgraded.call("echo", {"message": f"m{i}"}) for i in range(30))
+        )
+        assert [a["original"] for a in acks] == [f"m{i}" for i in range(30)]
+        for peer in (upgraded, direct):
+            assert (await peer.call("join-room", {"room": "r"}))["type"] == "room-joined"
+        sent = await direct.call("broadcast", {"room": "r", "message": "hi"})
+        assert sent["type"] == "broadcast" and sent["message"] == "hi"
+        while True:
+            event, payload = await asyncio.wait_for(upgraded.events.get(), 5)
+            if event == "broadcast":
+                break
+        assert payload == sent
+        assert service.connected_count() == 2
+    finally:
+        await upgraded.close()
+        await direct.close()
