@@ -92,16 +92,23 @@ async def test_engineio_undocumented_names_exist(service: Service) -> None:
     for owner, names in engineio_private.UNDOCUMENTED.items():
         cls = _resolve(owner)
         obj = objects.get(owner, cls)
-        assert isinstance(obj, cls) or obj is cls
+        assert obj is cls or isinstance(obj, cls)
         for name in names:
             if obj is cls and not hasattr(cls, name):  # set in __init__: read the source
                 source = "".join(inspect.getsource(c) for c in cls.__mro__[:-1])
                 assert f"self.{name} =" in source, f"{owner} has no {name}"
             else:
                 assert hasattr(obj, name), f"{owner} has no {name}"
+    for owner, names in engineio_private.PRIVATE_INSTANCE.items():
+        obj = objects[owner]
+        assert isinstance(obj, _resolve(owner))
+        for name in names:
+            assert hasattr(obj, name), f"{owner} instances have no {name}"
     driver = inspect.getsource(importlib.import_module("engineio.async_drivers.tornado"))
     for key in engineio_private.ENVIRON_KEYS:
         assert repr(key) in driver, f"Engine.IO's Tornado driver sets no environ[{key!r}]"
+    for name in engineio_private.DRIVER_HANDLER_NAMES:
+        assert re.search(rf"(def |self\.){name}\b", driver), f"the driver's handler has no {name}"
 
 
 # ------------------------------------------------------------------ the meta-test

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import types
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,6 +27,7 @@ __all__ = [
     "Closed",
     "encode_json",
     "encode_json_bytes",
+    "decode_json_fast",
 ]
 
 Reply = dict[str, Any] | None
@@ -69,6 +71,19 @@ def encode_json_bytes(payload: dict[str, Any]) -> bytes:
         # A lone surrogate (from a "\\ud800" escape) cannot be UTF-8: send it escaped, as
         # JavaScript's JSON.stringify does.
         return json.dumps(payload, separators=(",", ":")).encode()
+
+
+_long_number = re.compile(r"[0-9]{19}").search  # orjson reads such an integer as a float
+
+
+def decode_json_fast(text: str) -> Any:
+    """text read by orjson where it gives the json module's values; ValueError otherwise:
+    text holding a run of 19 digits or more (an integer orjson would make a float), or text
+    orjson refuses (invalid JSON, but also NaN or a lone surrogate, which the json module
+    reads).  For a caller that has a slower, exact way to fall back on."""
+    if _long_number(text) is not None:
+        raise ValueError("may hold an integer beyond 64 bits")
+    return orjson.loads(text)
 
 
 def encode_json(payload: dict[str, Any]) -> str:

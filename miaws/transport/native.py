@@ -33,7 +33,7 @@ from miaws.transport.admission import SLOW_CONSUMER, Refused, refuse_request
 from miaws.transport.auth import Identity
 from miaws.transport.deflate import DeflateProtocol, Deflater, compression_options
 from miaws.transport.frames import text_frame
-from miaws.transport.protocol import MiawsProtocol
+from miaws.transport.protocol import MiawsProtocol, lighten_stream
 
 __all__ = ["WebSocketEndpoint", "NativeClient", "DeflateClient"]
 
@@ -50,15 +50,6 @@ def _http_date() -> str:
     if _date[0] != second:
         _date = (second, email.utils.formatdate(second, usegmt=True))
     return _date[1]
-
-
-class _ListQueue(list[Any]):
-    """The part of ``collections.deque`` that Tornado's write queues use, on a list."""
-
-    __slots__ = ()
-
-    def popleft(self) -> Any:
-        return self.pop(0)
 
 
 class NativeClient(Client):
@@ -283,12 +274,8 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
         request.server_connection = None
         self._headers = tornado.httputil.HTTPHeaders()
         self.ui = None  # type: ignore[assignment]
-        # IOStream's two write queues are deques, each allocating a 520-byte block even when
-        # empty, which they nearly always are here: a list costs nothing until used.
-        stream: Any = self.ws_connection.stream if self.ws_connection else None
-        if stream is not None:
-            stream._write_futures = _ListQueue(stream._write_futures)
-            stream._write_buffer._buffers = _ListQueue(stream._write_buffer._buffers)
+        if self.ws_connection is not None and self.ws_connection.stream is not None:
+            lighten_stream(self.ws_connection.stream)
 
     def _late_auth(self, message: str | bytes) -> None:
         """The first frame of a connection that came without a token."""

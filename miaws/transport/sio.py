@@ -21,17 +21,19 @@ import asyncio
 import inspect
 import json
 import logging
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
-import engineio.exceptions
 import socketio
 
 from miaws.core.errors import CloseCode
-from miaws.core.model import Client, Closed, Encoded, Outgoing
+from miaws.core.model import Client, Closed, Encoded, Outgoing, encode_json_bytes
 from miaws.service import Service
+from miaws.transport import sio_wire
 from miaws.transport.admission import SLOW_CONSUMER, Refused, refuse_request
 from miaws.transport.auth import Identity
+from miaws.transport.protocol import MiawsProtocol
 
 __all__ = ["SocketIOBridge", "SocketIOClient", "REASON_CODES"]
 
@@ -75,9 +77,15 @@ class _Server(socketio.AsyncServer):  # type: ignore[misc]
 
     bridge: SocketIOBridge
 
+    def _engineio_server_class(self) -> Any:
+        return sio_wire.EngineServer  # Engine.IO with miaws's per-session queue
+
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
-        await super()._handle_eio_connect(eio_sid, environ)
+        # What the handshake request's admission counted is now the session's; and
+        # python-socketio keeps the environ of each session for its namespace connects:
+        # keep only what they read (the whole one holds a class and every header, ~3 KiB).
         self.bridge.eio_connected(eio_sid, environ)
+        await super()._handle_eio_connect(eio_sid, self.bridge.session_opened(eio_sid, environ))
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         try:
@@ -91,28 +99,49 @@ class _Server(socketio.AsyncServer):  # type: ignore[misc]
         except ValueError:
             await self.bridge.bad_packet(eio_sid)
 
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        # python-socketio answers CONNECT after the connect handler has run (and queued the
+        # welcome); what was sent to the client meanwhile goes out after that answer.
+        try:
+            await super()._handle_connect(eio_sid, namespace, data)
+        finally:
+            self.bridge.connected(eio_sid, namespace or "/")
+
 
 class SocketIOClient(Client):
     """A client connected to one Socket.IO namespace."""
 
-    __slots__ = ("bridge", "sid", "eio_sid", "closed_with", "handler")
+    __slots__ = ("bridge", "sid", "eio_sid", "closed_with", "socket", "pending")
 
     def __init__(
-        self, bridge: SocketIOBridge, sid: str, eio_sid: str, client_id: str, **kw: Any
+        self,
+        bridge: SocketIOBridge,
+        sid: str,
+        eio_sid: str,
+        socket: Any,
+        client_id: str,
+        **kw: Any,
     ) -> None:
         super().__init__(client_id, "socket.io", **kw)
         self.bridge = bridge
         self.sid = sid
         self.eio_sid = eio_sid
+        self.socket = socket  # the Engine.IO session (AsyncSocket)
         self.closed_with: Closed | None = None  # how the server closed it
-        self.handler: Any = None  # the Tornado handler of a connection opened as WebSocket
+        # Packets sent before python-socketio has answered the namespace's CONNECT, which
+        # must go first; None once it has.
+        self.pending: list[tuple[str, bytes]] | None = []
 
     def deliver(self, message: Encoded) -> None:
         """Emit the event named by the message's ``type``, with the message as its argument."""
-        text = self.bridge.encode(message, self.namespace)
+        text, frame = self.bridge.encode(message, self.namespace)
         if self.bridge.over_queue_cap(self, len(text)):
             return
-        self.bridge.send(self, text)
+        pending = self.pending
+        if pending is not None:
+            pending.append((text, frame))
+        else:
+            sio_wire.write(self.socket, text, frame)
         self.messages_out += 1
 
     def close(self, code: int, reason: str = "") -> None:
@@ -145,8 +174,14 @@ class SocketIOBridge:
         self.sio.bridge = self
         self.clients: dict[tuple[str, str], SocketIOClient] = {}  # (namespace, sid) -> client
         self.held: dict[str, str] = {}  # eio_sid -> what admission.arrive counted for it
+        # The environ keys on_connect reads: identity, and the headers backends are sent.
+        proxied = s.auth.proxy_headers if s.auth.mode == "proxy" else []
+        wanted = {"authorization", *service.forward_headers, *(h.lower() for h in proxied)}
+        self._environ_read = (*_ENVIRON_READ, *(_environ_key(h) for h in sorted(wanted)))
+        # (namespace, Engine.IO sid) -> client: the fast path's way from a packet to its client
+        self.by_session: dict[tuple[str, str], SocketIOClient] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._last: tuple[Encoded, str, str] | None = None
+        self._last: tuple[Encoded, str, tuple[str, bytes]] | None = None
         self.sio.on("connect", self.on_connect, namespace="*")
         self.sio.on("disconnect", self.on_disconnect, namespace="*")
         self.sio.on("*", self.on_event, namespace="*")
@@ -156,12 +191,18 @@ class SocketIOBridge:
         base: Any = socketio.get_tornado_handler(self.sio)
         admission = self.service.admission
         compression = self.compression
+        bridge = self
+        sockets = self.sio.eio.sockets
 
         class Handler(base):  # type: ignore[misc]
+            # Kept out of the instance dict (see WebSocketEndpoint's slots).
+            __slots__ = ("eio_socket", "waiting", "receive_queue", "held", "limit_refused")
+            eio_socket: Any
+            waiting: bool
             # What admission.arrive counted for the new connection this request opens, until
             # Engine.IO makes a session of it (SocketIOBridge.eio_connected) or it ends.
-            held: str | None = None
-            limit_refused = False  # refused by a connection limit: no access-log line
+            held: str | None
+            limit_refused: bool  # refused by a connection limit: no access-log line
 
             def prepare(self) -> Any:
                 request = self.request
@@ -202,11 +243,47 @@ class SocketIOBridge:
                 held, self.held = self.held, None
                 admission.leave(held)
 
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                self.held = None
+                self.limit_refused = False
+                super().__init__(*args, **kwargs)
+                self.receive_queue = sio_wire.LightQueue()  # Engine.IO's: an asyncio.Queue
+
+            def get_websocket_protocol(self) -> Any:
+                protocol = super().get_websocket_protocol()
+                if protocol is not None and not compression:
+                    # The native endpoint's reader and corked writes (as WebSocketEndpoint
+                    # does); with permessage-deflate, Tornado's own protocol.
+                    protocol.__class__ = MiawsProtocol
+                return protocol
+
             def open(self, *args: Any, **kwargs: Any) -> Any:
                 # As on /ws: without it Nagle holds the second of two small writes (reply
                 # event, then ack) until the client's delayed ACK, some 40 ms later.
                 self.set_nodelay(True)
+                self.eio_socket = None
+                self.waiting = False
+                sid = self.get_query_argument("sid", None)
+                if sid is not None and sid in sockets:  # an upgrade from long-polling
+                    sio_wire.bind(sockets[sid], self)
                 return super().open(*args, **kwargs)
+
+            def on_message(self, message: str | bytes) -> Any:
+                # Synchronous (Engine.IO's is a coroutine, a task per frame): an event is
+                # handled here when it can be, anything else goes to Engine.IO's reader.
+                if type(message) is str and message.startswith("42"):
+                    handled = bridge.fast_event(self, message)
+                    if handled is not False:
+                        return None if handled is True else handled
+                self.receive_queue.put_nowait(message)
+                return None
+
+            async def get_next_message(self) -> Any:
+                self.waiting = True  # Engine.IO's reader has handled all it was given
+                try:
+                    return await self.receive_queue.get()
+                finally:
+                    self.waiting = False
 
             def get_compression_options(self) -> dict[str, Any] | None:
                 # Engine.IO's handler offers permessage-deflate to every WebSocket ({}); it
@@ -231,12 +308,16 @@ class SocketIOBridge:
         """End every Engine.IO connection and python-socketio's background tasks."""
         for socket in list(self.sio.eio.sockets.values()):
             await socket.close(wait=False, abort=True)
+            ws = getattr(socket.queue, "ws", None)
+            if ws is not None:
+                ws.close()  # and its WebSocket, which ends Engine.IO's reader and writer
         await self.sio.shutdown()
 
     # ------------------------------------------------------------ sending
-    def encode(self, message: Encoded, namespace: str) -> str:
-        """The Socket.IO EVENT packet for message, encoded once per broadcast: the hub hands
-        every recipient the same :class:`Encoded`, so the last packet is reused.
+    def encode(self, message: Encoded, namespace: str) -> tuple[str, bytes]:
+        """The Socket.IO EVENT packet for message and its WebSocket frame, encoded once per
+        broadcast: the hub hands every recipient the same :class:`Encoded`, so the last
+        packet is reused.
 
         Written from the message's JSON text (encoded once, as for /ws) rather than through
         python-socketio's ``Packet``, which would JSON-encode the payload again and walk it
@@ -249,8 +330,16 @@ class SocketIOBridge:
         prefix = "2[" if namespace == "/" else f"2{namespace},["
         event = json.dumps(message.payload["type"])
         text = f"{prefix}{event},{message.text}]"
-        self._last = (message, namespace, text)
-        return text
+        packet = (text, sio_wire.text_frame_of(("4" + text).encode()))
+        self._last = (message, namespace, packet)
+        return packet
+
+    def _json(self, value: Any) -> str:
+        """value's JSON text, reusing the last packet's when value is its message."""
+        last = self._last
+        if last is not None and last[0].payload is value:
+            return last[0].text
+        return encode_json_bytes(value).decode()
 
     def over_queue_cap(self, client: SocketIOClient, size: int) -> bool:
         """limits.max_queued_bytes for a Socket.IO client: True (and the client is dropped with
@@ -260,9 +349,10 @@ class SocketIOBridge:
         admission = self.service.admission
         if not self.service.settings.limits.max_queued_bytes:
             return False
-        socket = self.sio.eio.sockets.get(client.eio_sid)
-        queued = socket.queue.qsize() * size if socket is not None else 0
-        conn = getattr(client.handler, "ws_connection", None)
+        socket = client.socket
+        queue = socket.queue
+        queued = queue.qsize() * size
+        conn = getattr(queue.ws, "ws_connection", None) if socket.upgraded else None
         if conn is not None and conn.stream is not None:
             queued += len(conn.stream._write_buffer)  # what the peer has not taken yet
         if not admission.over_queue_cap(queued, size):
@@ -272,18 +362,33 @@ class SocketIOBridge:
             admission.slow_consumer(client, queued, about=True)
             if conn is not None:
                 conn.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
-            if socket is not None:
-                self.spawn(socket.close(wait=False, abort=True))
+            self.spawn(socket.close(wait=False, abort=True))
         return True
 
-    def send(self, client: SocketIOClient, text: str) -> None:
-        self.spawn(self._send(client.eio_sid, text))
+    def session_opened(self, eio_sid: str, environ: dict[str, Any]) -> dict[str, Any]:
+        """An Engine.IO session has opened: bind it to its WebSocket when it came as one (then
+        shed what that handler no longer needs); the part of environ its namespace connects
+        read."""
+        kept = {key: environ[key] for key in self._environ_read if key in environ}
+        handler = environ.get("tornado.handler")
+        # Engine.IO's Tornado driver sets REMOTE_ADDR to 127.0.0.1 whoever connects; the
+        # address is the request's, as Tornado worked it out.
+        kept["REMOTE_ADDR"] = getattr(getattr(handler, "request", None), "remote_ip", None) or ""
+        socket = self.sio.eio.sockets.get(eio_sid)
+        if socket is not None and getattr(handler, "ws_connection", None) is not None:
+            sio_wire.bind(socket, handler)
+            sio_wire.shed(handler)
+            sio_wire.shed_environ(environ)
+        return kept
 
-    async def _send(self, eio_sid: str, text: str) -> None:
-        try:
-            await self.sio.eio.send(eio_sid, text)
-        except engineio.exceptions.SocketIsClosedError:
-            pass  # the client is gone; its disconnect is on its way
+    def connected(self, eio_sid: str, namespace: str) -> None:
+        """python-socketio has answered the CONNECT of namespace: send what waited for it."""
+        client = self.by_session.get((namespace, eio_sid))
+        if client is None or client.pending is None:
+            return
+        pending, client.pending = client.pending, None
+        for text, frame in pending:
+            sio_wire.write(client.socket, text, frame)
 
     def spawn(self, coro: Any) -> None:
         """Run coro soon, keeping a reference until it is done (tasks run in FIFO order)."""
@@ -310,10 +415,7 @@ class SocketIOBridge:
         if (namespace, sid) in self.clients:
             return True  # a client-sent "connect" event, not a connection
         admission = self.service.admission
-        # Engine.IO's Tornado driver sets REMOTE_ADDR to 127.0.0.1 whoever connects; the
-        # address is the request's, as Tornado worked it out.
-        handler = environ.get("tornado.handler")
-        remote_ip = getattr(getattr(handler, "request", None), "remote_ip", None) or ""
+        remote_ip = environ.get("REMOTE_ADDR", "")  # the request's (session_opened)
         # The token may also come in the Socket.IO auth payload.  There is no late token
         # here: a client without one is refused (connect_error).
         token = auth.get("token") if isinstance(auth, dict) else None
@@ -336,18 +438,21 @@ class SocketIOBridge:
         except Refused as exc:
             raise socketio.exceptions.ConnectionRefusedError(exc.reason) from None
         assert identity is not None
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, namespace)
+        socket = self.sio.eio.sockets[eio_sid]
         client = SocketIOClient(
             self,
             sid,
-            self.sio.manager.eio_sid_from_sid(sid, namespace),
+            eio_sid,
+            socket,
             self.service.new_client_id(),
             remote_ip=remote_ip,
             user_agent=environ.get("HTTP_USER_AGENT", ""),
             connected_at=self.service.clock.timestamp(),
             namespace=namespace,
         )
-        client.handler = environ.get("tornado.handler")
         self.clients[namespace, sid] = client
+        self.by_session[namespace, eio_sid] = client
         admission.admit(client, identity, headers)
         return True
 
@@ -357,25 +462,110 @@ class SocketIOBridge:
         client = self.clients.pop((namespace, sid), None)
         if client is None:
             return
+        self.by_session.pop((namespace, client.eio_sid), None)
         closed = client.closed_with or REASON_CODES.get(reason)
         self.service.admission.end(client, closed or Closed(CloseCode.ABNORMAL_CLOSURE, reason))
 
     async def on_event(self, event: str, namespace: str, sid: str, *args: Any) -> Any:
-        """One event in; the reply (or the broadcast) is the ack's value."""
+        """One event in (from python-socketio); the reply (or the broadcast) is the ack's
+        value."""
         client = self.clients.get((namespace, sid))
         if client is None:
             return None
-        message = args[0] if len(args) == 1 else args
+        result = self._handle(client, event, args)
+        if type(result) is _Later:
+            return await result.pending
+        return result
+
+    def fast_event(self, handler: Any, text: str) -> bool | Awaitable[None]:
+        """Handle an event that came over handler's WebSocket here, as python-socketio
+        would (:mod:`miaws.transport.sio_wire`), and send its ack; False when it is not one
+        the fast path takes.  An awaitable when the message handler is async: the reader
+        waits for it before the next frame."""
+        socket = handler.eio_socket
+        if (
+            socket is None
+            or not handler.waiting  # Engine.IO's reader still has a packet of this session
+            or not handler.receive_queue.empty()
+            or not socket.upgraded
+            or socket.upgrading
+            or socket.closing
+            or socket.sid in self.sio._binary_packet  # attachments awaited
+        ):
+            return False
+        parsed = sio_wire.parse_event(text)
+        if parsed is None:
+            return False
+        namespace, ack, data = parsed
+        client = self.by_session.get((namespace, socket.sid))
+        event = data[0]
+        if client is None or client.closed_with is not None or event in _RESERVED:
+            return False
+        result = self._handle(client, event, data[1:])
+        if type(result) is _Later:
+            return self._ack_later(client, ack, result.pending)
+        if ack is not None:
+            self._ack(client, ack, result)
+        return True
+
+    async def _ack_later(self, client: SocketIOClient, ack: int | None, pending: Any) -> None:
+        value = await pending
+        if ack is not None:
+            self._ack(client, ack, value)
+
+    def _ack(self, client: SocketIOClient, ack: int, value: Any) -> None:
+        """Send the ACK packet of ack with value (none for None), as python-socketio does."""
+        namespace = client.namespace
+        prefix = "3" if namespace == "/" else f"3{namespace},"
+        args = "[]" if value is None else f"[{self._json(value)}]"
+        sio_wire.write(client.socket, f"{prefix}{ack}{args}")
+
+    def _handle(self, client: SocketIOClient, event: str, args: Sequence[Any]) -> Any:
+        """Dispatch one event; the ack's value, or a :class:`_Later` of it for an async
+        message handler."""
+        message: Any = args[0] if len(args) == 1 else tuple(args)
         if type(message) is dict:
             message = {**message, "type": event}
         try:
             result = self.service.dispatcher.handle_message(client, message)
-            outgoing: list[Outgoing] = await result if inspect.isawaitable(result) else result
         except Exception:
             self.service.admission.handler_failed(client)
             return None
+        if type(result) is not list and inspect.isawaitable(result):
+            return _Later(self._finish(client, result))
+        return self._delivered(client, result)
+
+    async def _finish(self, client: SocketIOClient, pending: Awaitable[list[Outgoing]]) -> Any:
+        try:
+            outgoing = await pending
+        except Exception:
+            self.service.admission.handler_failed(client)
+            return None
+        return self._delivered(client, outgoing)
+
+    def _delivered(self, client: SocketIOClient, outgoing: list[Outgoing]) -> Any:
         self.service.deliver(client, outgoing)
         for out in outgoing:
             if not out.broadcast:
                 return out.payload
         return outgoing[0].payload if outgoing else None
+
+
+_ENVIRON_READ = ("QUERY_STRING", "HTTP_USER_AGENT")
+"""The environ keys :meth:`SocketIOBridge.on_connect` always reads (and the headers of
+``SocketIOBridge._environ_read``)."""
+
+
+def _environ_key(header: str) -> str:
+    """A header's key in the WSGI-style environ python-engineio builds."""
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+_RESERVED = frozenset(("connect", "disconnect"))
+"""Event names python-socketio hands to the connect / disconnect handlers: left to it."""
+
+
+class _Later(NamedTuple):
+    """The ack value of an async message handler, still to come."""
+
+    pending: Awaitable[Any]
