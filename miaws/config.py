@@ -26,7 +26,14 @@ from miaws.core.history import HistoryRoom
 if TYPE_CHECKING:
     from miaws.core.plugins import PluginSources
 
-__all__ = ["Settings", "ConfigError", "load_settings", "settings_table", "BUILTIN_PLUGINS"]
+__all__ = [
+    "Settings",
+    "ConfigError",
+    "load_settings",
+    "settings_table",
+    "check_workers",
+    "BUILTIN_PLUGINS",
+]
 
 BUILTIN_PLUGINS = ("ping", "echo", "broadcast", "rooms")
 
@@ -60,6 +67,12 @@ class ServerSettings:
         75.0,
         "Seconds an HTTP keep-alive connection may wait for its next request head; later: closed.",
         expect="a positive number of seconds",
+    )
+    workers: int = setting(
+        1,
+        "Processes serving server.port together (SO_REUSEPORT), each a node of the cluster; "
+        "above 1 needs broker.type redis or redis-cluster.",
+        expect="a whole number of processes, at least 1",
     )
 
 
@@ -435,6 +448,7 @@ def _validate(s: Settings) -> None:
             f"{src}: server.ws_path has value {s.server.ws_path!r}; expected a URL "
             "path starting with '/'"
         )
+    check_workers(s, "server.workers", s.server.workers)
     for key in ("header_timeout", "idle_timeout"):
         value = getattr(s.server, key)
         if not value > 0:
@@ -475,6 +489,21 @@ def _validate(s: Settings) -> None:
     _validate_limits(src, s)
     if any(not key.strip() for key in s.api.keys):
         raise ConfigError(f"{src}: api.keys has an empty key; expected a list of non-empty strings")
+
+
+def check_workers(s: Settings, name: str, workers: int) -> None:
+    """``server.workers`` (or ``--workers``, name says which) fits: at least 1, and 1 on
+    the memory broker, whose rooms do not reach past one process."""
+    where = f"{s.source}: {name}" if name.startswith("server.") else name
+    if workers < 1:
+        raise ConfigError(
+            f"{where} has value {workers}; expected a whole number of processes, at least 1"
+        )
+    if workers > 1 and s.broker.type == "memory":
+        raise ConfigError(
+            f"{where} has value {workers}; expected 1 with broker.type memory (workers are "
+            "separate nodes and share rooms only through broker.type redis or redis-cluster)"
+        )
 
 
 def _validate_broker(src: str, b: BrokerSettings) -> None:
