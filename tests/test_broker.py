@@ -106,3 +106,19 @@ def test_the_brokers_never_import_each_other() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["MemoryBroker", "False"]
+
+
+async def test_redis_broker_is_subscribed_and_up_when_start_returns(redis_server: Any) -> None:
+    """start() returns once the subscription is in place, so a node takes clients with
+    cross-node delivery working.  Before the fix Subscription.sync() always waited out its
+    timeout (asyncio.wait's default is ALL_COMPLETED), start() gave up first and the node
+    came up degraded: the cause of test_server_side_publish_reaches_every_node's failures."""
+    settings = build_settings(
+        {"broker": {"type": "redis", "url": redis_server.url, "heartbeat": 0.5}}, environ={}
+    )
+    broker = make_broker(settings)
+    await broker.start()
+    try:
+        assert broker.status() == "ok"
+    finally:
+        await broker.close()

@@ -249,3 +249,27 @@ async def test_broadcast_to_all_in_a_namespace_reaches_every_node(
     finally:
         for sio in (chat1, chat2, root2):
             await sio.close()
+
+
+async def metric(node: ServerProcess, name: str) -> float:
+    """One unlabelled metric of a node's /metrics."""
+    response = await AsyncHTTPClient().fetch(node.http + "/metrics")
+    for line in response.body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_received_metric_counts_cross_node_messages(
+    server_process: Start, redis_server: RedisServer, connect: Connect
+) -> None:
+    """miaws_broker_messages_received_total counts the cross-node messages a node read from
+    Redis; nothing was dropped."""
+    n1, n2 = start_nodes(server_process, redis_server, 2)
+    sender, remote = await connect(n1), await connect(n2)
+    before = await metric(n2, "miaws_broker_messages_received_total")
+    for i in range(5):
+        await sender.send({"type": "broadcast", "message": i})
+    assert [(await remote.recv())["message"] for _ in range(5)] == list(range(5))
+    assert await metric(n2, "miaws_broker_messages_received_total") >= before + 5
+    assert await metric(n1, "miaws_broker_messages_dropped_total") == 0

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from miaws.broker.base import Broker, ClusterView, NodeCounts
+from miaws.broker.base import Broker, BrokerCounters, ClusterView, NodeCounts
 from miaws.core.registry import LocalRegistry
 
 if TYPE_CHECKING:
     from miaws.config import Settings
 
-__all__ = ["Broker", "ClusterView", "NodeCounts", "make_broker"]
+__all__ = ["Broker", "BrokerCounters", "ClusterView", "NodeCounts", "make_broker"]
 
 
 def make_broker(settings: Settings, registry: LocalRegistry | None = None) -> Broker:

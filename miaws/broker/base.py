@@ -33,7 +33,7 @@ from miaws.core.history import Joined, Position
 from miaws.core.model import Client
 from miaws.core.registry import LocalRegistry
 
-__all__ = ["Broker", "ClusterView", "NodeCounts"]
+__all__ = ["Broker", "BrokerCounters", "ClusterView", "NodeCounts"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,22 @@ class ClusterView:
                 for node, c in sorted(self.nodes.items())
             },
         }
+
+
+@dataclass
+class BrokerCounters:
+    """What a broker counts since start, for ``/metrics`` (all zero for a single process).
+
+    - ``received``: cross-node messages this node read (from Redis);
+    - ``dropped``: cross-node messages lost: not sent (outage, full outbox) or known missed;
+    - ``reconnects``: times the node's subscription was made again after it was lost;
+    - ``probe_failures``: probes that did not come back in time.
+    """
+
+    received: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    probe_failures: int = 0
 
 
 class Broker(ABC):
@@ -131,6 +147,10 @@ class Broker(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Send what is queued (briefly), stop the background work, leave the cluster."""
+
+    def counters(self) -> BrokerCounters:
+        """This broker's counters (:class:`BrokerCounters`); zeros unless overridden."""
+        return BrokerCounters()
 
     @abstractmethod
     def status(self) -> str:

@@ -19,6 +19,10 @@ Rooms with history (``history.rooms``) go another way, described in
 as ``\n room \n epoch \n seq \n text`` (no node id), and every node, the sender's included,
 delivers them as they come back, so every node delivers them in seq order.
 
+Receiving: :mod:`miaws.broker.pubsub` reads the pub/sub connection as an asyncio protocol over
+``hiredis.Reader`` and hands each message to :meth:`RedisBroker._receive` as it is parsed; a
+PING every heartbeat must be answered before the next, or the connection is made again.
+
 Faults: when Redis cannot be reached the node logs it once, keeps serving its own clients
 (:meth:`status` is ``degraded``), drops cross-node messages instead of queueing them, and
 reconnects with exponential backoff (0.1 s doubling up to the heartbeat), resubscribing.
@@ -41,7 +45,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from miaws.broker.base import Broker, ClusterView, NodeCounts, no_history
+from miaws.broker.base import Broker, BrokerCounters, ClusterView, NodeCounts, no_history
+from miaws.broker.pubsub import Subscription
 from miaws.broker.redis_history import RedisHistory
 from miaws.config import Settings
 from miaws.core.errors import BrokerUnavailable, ConfigError
@@ -49,7 +54,7 @@ from miaws.core.history import HistoryRoom, Joined, Position
 from miaws.core.model import Client, Encoded
 from miaws.core.registry import LocalRegistry
 
-__all__ = ["RedisBroker", "RemoteEncoded", "TTL_HEARTBEATS"]
+__all__ = ["RedisBroker", "RemoteEncoded", "TTL_HEARTBEATS", "wire_message"]
 
 log = logging.getLogger("miaws.broker")
 
@@ -102,6 +107,13 @@ def _target(key: str | None, namespace: str | None) -> bytes:
     return b"" if namespace is None else namespace.encode() + b"#"
 
 
+def wire_message(
+    node: str, key: str | None, namespace: str | None, data: bytes, prefix: str = "miaws"
+) -> tuple[str, bytes]:
+    """The channel and bytes of a cross-node message from node (for benches and tests)."""
+    return f"{prefix}:messages", b"\n".join((node.encode(), _target(key, namespace), data))
+
+
 class RedisBroker(Broker):
     """This node's clients, and through Redis every other node's."""
 
@@ -123,6 +135,9 @@ class RedisBroker(Broker):
         self.nodes_key = f"{channel_prefix}:nodes"
         self.key_prefix = f"{channel_prefix}:node:"
         self.dropped = 0  # cross-node messages lost (outage or full outbox) since start
+        self.received = 0  # cross-node messages read from Redis since start
+        self.reconnects = 0  # subscriptions made again after one was lost
+        self.probe_failures = 0  # probes not back in time
         self._node_bytes = self.node_id.encode()
         # Fail fast and let our own loops retry: redis-py's default retry would hide an outage.
         self._redis = aioredis.Redis.from_url(
@@ -224,34 +239,48 @@ class RedisBroker(Broker):
 
     # ------------------------------------------------------------ receiving
     async def _subscriber(self) -> None:
-        """Stay subscribed: on any failure, mark the node degraded and retry with backoff."""
+        """Stay subscribed: on any failure, mark the node degraded and retry with backoff.
+
+        The connection is a :class:`~miaws.broker.pubsub.Subscription`, which hands each
+        message to :meth:`_receive` as it is read.  A PING every heartbeat must be answered
+        by the next one, or the connection is taken for dead and made again."""
         delay = RETRY_FIRST
+        connected_before = False
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            sub: Subscription | None = None
             try:
-                await pubsub.subscribe(self.channel)
-                self._subscribed = True
+                sub = await Subscription.open(self.url, self._receive_channel, SOCKET_TIMEOUT)
+                sub.subscribe([self.channel])
+                await sub.sync(SOCKET_TIMEOUT)
                 await self._write_counts()
+                self._subscribed = True
+                if connected_before:
+                    self.reconnects += 1
+                connected_before = True
                 self._set_up()
                 self._first_attempt.set()
                 delay = RETRY_FIRST
-                received = 0
                 while True:
-                    msg = await pubsub.get_message(timeout=1.0)
-                    if msg is not None and msg["type"] == "message":
-                        self._receive(msg["data"])
-                        received += 1
-                        if received % 64 == 0:
-                            await asyncio.sleep(0)  # a busy channel must not starve clients
-            except BrokerErrors as exc:
+                    pongs = sub.pongs
+                    sub.ping()
+                    done, _ = await asyncio.wait({sub.closed}, timeout=max(self.heartbeat, 0.1))
+                    if done:
+                        raise ConnectionError(str(sub.closed.result() or "connection closed"))
+                    if sub.pongs == pongs:
+                        raise ConnectionError("redis did not answer a PING on pub/sub")
+            except (*BrokerErrors, asyncio.TimeoutError) as exc:
                 self._subscribed = False
                 self._set_down(exc)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py lacks a hint
+                if sub is not None:
+                    sub.close()
             self._first_attempt.set()
             await asyncio.sleep(delay)
             delay = min(delay * 2, max(self.heartbeat, RETRY_FIRST))
+
+    def _receive_channel(self, channel: bytes, data: bytes) -> None:
+        self.received += 1
+        self._receive(data)
 
     def _deliver(self, key: str | None, namespace: str | None, message: Encoded) -> int:
         registry = self._registry
@@ -350,6 +379,9 @@ class RedisBroker(Broker):
 
     def status(self) -> str:
         return "ok" if self._up else "degraded"
+
+    def counters(self) -> BrokerCounters:
+        return BrokerCounters(self.received, self.dropped, self.reconnects, self.probe_failures)
 
     async def cluster(self) -> ClusterView:
         """Counts of every live node (this one's are live, the others' a heartbeat old)."""

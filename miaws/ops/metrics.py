@@ -86,6 +86,28 @@ class MiawsCollector(Collector):
             "miaws_rooms", "Rooms with at least one member.", value=len(self.service.rooms_info())
         )
 
+        broker = self.service.broker.counters()
+        yield CounterMetricFamily(
+            "miaws_broker_messages_received",
+            "Cross-node messages this node read from the broker (Redis).",
+            value=broker.received,
+        )
+        yield CounterMetricFamily(
+            "miaws_broker_messages_dropped",
+            "Cross-node messages lost: not sent during an outage or a full outbox, or missed.",
+            value=broker.dropped,
+        )
+        yield CounterMetricFamily(
+            "miaws_broker_reconnects",
+            "Times this node's broker subscription was made again after it was lost.",
+            value=broker.reconnects,
+        )
+        yield CounterMetricFamily(
+            "miaws_broker_probe_failures",
+            "Probes (a message to this node's own channel) that did not come back in time.",
+            value=broker.probe_failures,
+        )
+
         latency = HistogramMetricFamily(
             "miaws_handler_seconds", "Time spent in message handlers, by type.", labels=["type"]
         )
