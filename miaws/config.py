@@ -260,6 +260,22 @@ class BrokerSettings:
         "Seconds between a node's count updates in Redis; a node silent for 3 is gone.",
         expect="a positive number of seconds",
     )
+    partitions: int = setting(
+        1024,
+        "Partitions rooms hash into; a node subscribes to one channel per partition it has a "
+        "room of. The same on every node.",
+        expect="an integer from 1 to 16384",
+    )
+    probe_interval: float = setting(
+        2.0,
+        "Seconds between probes of a node's subscription; a lost one is found within two.",
+        expect="a positive number of seconds",
+    )
+    unsubscribe_delay: float = setting(
+        5.0,
+        "Seconds a node stays subscribed to a partition after its last local room there empties.",
+        expect="a number of seconds, 0 or more",
+    )
 
 
 @dataclass(frozen=True)
@@ -520,6 +536,21 @@ def _validate_broker(src: str, b: BrokerSettings) -> None:
         raise ConfigError(
             f"{src}: broker.heartbeat has value {b.heartbeat:g}; expected a positive number "
             "of seconds"
+        )
+    if isinstance(b.partitions, bool) or not 1 <= b.partitions <= 16384:
+        raise ConfigError(
+            f"{src}: broker.partitions has value {b.partitions!r}; expected an integer from 1 "
+            "to 16384"
+        )
+    if b.probe_interval <= 0:
+        raise ConfigError(
+            f"{src}: broker.probe_interval has value {b.probe_interval:g}; expected a positive "
+            "number of seconds"
+        )
+    if b.unsubscribe_delay < 0:
+        raise ConfigError(
+            f"{src}: broker.unsubscribe_delay has value {b.unsubscribe_delay:g}; expected a "
+            "number of seconds, 0 or more"
         )
 
 

@@ -85,13 +85,21 @@ class BrokerCounters:
     - ``received``: cross-node messages this node read (from Redis);
     - ``dropped``: cross-node messages lost: not sent (outage, full outbox) or known missed;
     - ``reconnects``: times the node's subscription was made again after it was lost;
-    - ``probe_failures``: probes that did not come back in time.
+    - ``probe_failures``: probes that did not come back in time;
+    - ``skipped``: of ``received``, messages for a room with no local member (it shares a
+      partition with one that has);
+    - ``gaps``: ``gap`` messages sent: a history room lost messages this node could not
+      backfill;
+    - ``partitions``: partition channels subscribed to now (a gauge).
     """
 
     received: int = 0
     dropped: int = 0
     reconnects: int = 0
     probe_failures: int = 0
+    skipped: int = 0
+    gaps: int = 0
+    partitions: int = 0
 
 
 class Broker(ABC):

@@ -42,8 +42,13 @@ def _command(*args: bytes | str) -> bytes:
 class Subscription(asyncio.Protocol):
     """One pub/sub connection; ``on_message(channel, data)`` for every message pushed."""
 
-    def __init__(self, on_message: Callable[[bytes, bytes], None]) -> None:
+    def __init__(
+        self,
+        on_message: Callable[[bytes, bytes], None],
+        on_confirm: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.on_message = on_message
+        self.on_confirm = on_confirm  # called with each channel whose SUBSCRIBE Redis confirmed
         self._reader = hiredis.Reader()
         self._transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
@@ -55,12 +60,16 @@ class Subscription(asyncio.Protocol):
 
     @classmethod
     async def open(
-        cls, url: str, on_message: Callable[[bytes, bytes], None], timeout: float
+        cls,
+        url: str,
+        on_message: Callable[[bytes, bytes], None],
+        timeout: float,
+        on_confirm: Callable[[bytes], None] | None = None,
     ) -> Subscription:
         """Connect to the Redis at url, authenticate and select its database."""
         params: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
         loop = asyncio.get_running_loop()
-        protocol = cls(on_message)
+        protocol = cls(on_message, on_confirm)
         cls_name = getattr(params.get("connection_class"), "__name__", "")
         if "path" in params:
             connect = loop.create_unix_connection(lambda: protocol, params["path"])
@@ -109,28 +118,37 @@ class Subscription(asyncio.Protocol):
             try:
                 reply = reader.gets()
             except hiredis.ProtocolError as exc:
-                self._fail(exc)
+                self.fail(exc)
                 return
             if reply is False:
                 return
-            if isinstance(reply, list):
-                kind = reply[0]
-                if kind == b"message":
-                    on_message(reply[1], reply[2])
-                elif kind == b"pong":
-                    self.pongs += 1
-                    if self._pong_waiters:
-                        waiter = self._pong_waiters.pop(0)
-                        if not waiter.done():
-                            waiter.set_result(None)
-                # subscribe / unsubscribe confirmations: nothing to do
-            elif isinstance(reply, hiredis.ReplyError):
-                self._fail(ConnectionError(f"redis refused: {reply}"))
+            if type(reply) is list and (reply[0] == b"message" or reply[0] == b"smessage"):
+                on_message(reply[1], reply[2])  # smessage: sharded pub/sub (Redis Cluster)
+            elif not self.handle_reply(reply):
                 return
-            elif self._pending_replies:  # +OK to AUTH or SELECT
-                self._pending_replies -= 1
-                if not self._pending_replies and not self._ready.done():
-                    self._ready.set_result(None)
+
+    def handle_reply(self, reply: Any) -> bool:
+        """Any reply but a message: a PONG, a confirmation, an error, +OK; False if the
+        connection was failed (stop reading).  A subclass may override it."""
+        if isinstance(reply, list):
+            kind = reply[0]
+            if kind == b"pong":
+                self.pongs += 1
+                if self._pong_waiters:
+                    waiter = self._pong_waiters.pop(0)
+                    if not waiter.done():
+                        waiter.set_result(None)
+            elif (kind == b"subscribe" or kind == b"ssubscribe") and self.on_confirm:
+                self.on_confirm(reply[1])
+            # unsubscribe confirmations: nothing to do
+        elif isinstance(reply, hiredis.ReplyError):
+            self.fail(ConnectionError(f"redis refused: {reply}"))
+            return False
+        elif self._pending_replies:  # +OK to AUTH or SELECT
+            self._pending_replies -= 1
+            if not self._pending_replies and not self._ready.done():
+                self._ready.set_result(None)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -147,17 +165,19 @@ class Subscription(asyncio.Protocol):
             raise ConnectionError("the pub/sub connection is closed")
         self._transport.write(data)
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
+        """End the connection; :attr:`closed` gets exc."""
         if not self.closed.done():
             self.closed.set_result(exc)
         if self._transport is not None:
             self._transport.abort()
 
-    def subscribe(self, channels: Iterable[str]) -> None:
-        self._batched("SUBSCRIBE", channels)
+    def subscribe(self, channels: Iterable[str], command: str = "SUBSCRIBE") -> None:
+        """SUBSCRIBE (or command: SSUBSCRIBE) in batches; confirmations go to on_confirm."""
+        self._batched(command, channels)
 
-    def unsubscribe(self, channels: Iterable[str]) -> None:
-        self._batched("UNSUBSCRIBE", channels)
+    def unsubscribe(self, channels: Iterable[str], command: str = "UNSUBSCRIBE") -> None:
+        self._batched(command, channels)
 
     def _batched(self, command: str, channels: Iterable[str]) -> None:
         names = list(channels)

@@ -1,27 +1,42 @@
 """RedisBroker: several miaws nodes sharing broadcasts through Redis pub/sub.
 
 Each node keeps its own clients and rooms in its local registry, as with the memory broker.
-:meth:`RedisBroker.publish` delivers to this node's recipients at once, then hands the text it
-has already encoded to a background publisher, which sends it on one channel,
-``{prefix}:messages``, as ``node id \\n target \\n text``.  The target is a room key, or
-``<namespace>#`` for every client of a namespace (room keys never end with ``#``), or empty
-for every client.  A pipeline of PUBLISH commands keeps the order of the sends.  Every other
-node turns each message into one :class:`RemoteEncoded` and delivers it to its own recipients;
-the sender's node skips its own messages, which it delivered already.  So a message is
-serialised once per node, whatever the number of recipients.
+The broker's logic is here; the connection(s) to Redis are a :class:`~miaws.broker.bus.Bus`
+(:class:`~miaws.broker.redis_bus.ServerBus` on one server), and every key and channel comes
+from :class:`~miaws.broker.redis_keys.RedisKeys`.
 
-Every ``broker.heartbeat`` seconds a node writes its counts to ``{prefix}:node:{id}`` with a
-time to live of three heartbeats (and its id to the set ``{prefix}:nodes``); the cluster
-view reads them back, so a crashed node drops out on its own (after :data:`TTL_HEARTBEATS`).
+Routing by interest (:mod:`miaws.broker.redis_interest`): rooms hash into
+``broker.partitions`` partitions, each with its own channel, and a node subscribes to the
+channel of a partition while it has local members in a room of it.  So a node reads the
+traffic of its own rooms (and of the rooms sharing their partitions, which it drops and
+counts as *skipped*), not of every room.  Every node also subscribes to ``{prefix:all}``
+(broadcasts to every client or to a namespace) and to its own channel (its probe).
+
+Sending: :meth:`RedisBroker.publish` delivers to this node's recipients at once, then hands
+the text it has already encoded to a background publisher, which sends it in order, many a
+round trip, as ``node id \\n n \\n target \\n text`` on the room's partition channel (target
+the room key) or on ``{prefix:all}`` (target ``<namespace>#``, or empty for every client).
+``n`` counts this node's messages on that channel: a receiver that sees it jump knows how
+many it missed, and counts them as dropped.  Every other node turns each message into one
+:class:`RemoteEncoded` and delivers it to its own recipients; the sender's node skips its own
+messages, which it delivered already.  So a message is serialised once per node.
 
 Rooms with history (``history.rooms``) go another way, described in
-:mod:`miaws.broker.redis_history`: the publisher stamps, keeps and publishes them in one Lua script,
-as ``\n room \n epoch \n seq \n text`` (no node id), and every node, the sender's included,
-delivers them as they come back, so every node delivers them in seq order.
+:mod:`miaws.broker.redis_history`: the publisher stamps, keeps and publishes them in one Lua
+script, as ``\\n room \\n epoch \\n seq \\n text`` (no node id), and every node, the sender's
+included, delivers them as they come back, so every node delivers them in seq order.
 
-Receiving: :mod:`miaws.broker.pubsub` reads the pub/sub connection as an asyncio protocol over
-``hiredis.Reader`` and hands each message to :meth:`RedisBroker._receive` as it is parsed; a
-PING every heartbeat must be answered before the next, or the connection is made again.
+Nothing lost silently: every ``broker.probe_interval`` seconds the node publishes a probe to
+its own channel and expects it back within the same time; if it is not, the subscription is
+taken for lost (``/health`` degraded, ``miaws_broker_probe_failures_total``) and made again.
+So a dead or cut subscription is found within two probe intervals, and one that Redis closed
+(``CLIENT KILL``, the output buffer limit) at once.  Once subscribed again, every history room
+with local members is backfilled from its stream (:meth:`RedisHistory.backfill`): a client
+that stayed connected gets every message once and in order, or a ``gap`` message.
+
+Every ``broker.heartbeat`` seconds a node writes its counts to ``{prefix:nodes}:ID`` with a
+time to live of three heartbeats (and its id to the set ``{prefix:nodes}``); the cluster
+view reads them back, so a crashed node drops out on its own (after :data:`TTL_HEARTBEATS`).
 
 Faults: when Redis cannot be reached the node logs it once, keeps serving its own clients
 (:meth:`status` is ``degraded``), drops cross-node messages instead of queueing them, and
@@ -36,55 +51,36 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
 from miaws.broker.base import Broker, BrokerCounters, ClusterView, NodeCounts, no_history
-from miaws.broker.pubsub import Subscription
+from miaws.broker.bus import Bus, BusErrors, Call, Publish
 from miaws.broker.redis_history import RedisHistory
+from miaws.broker.redis_interest import Interest
+from miaws.broker.redis_keys import RedisKeys
+from miaws.broker.remote import RemoteEncoded
 from miaws.config import Settings
 from miaws.core.errors import BrokerUnavailable, ConfigError
 from miaws.core.history import HistoryRoom, Joined, Position
 from miaws.core.model import Client, Encoded
 from miaws.core.registry import LocalRegistry
 
-__all__ = ["RedisBroker", "RemoteEncoded", "TTL_HEARTBEATS", "wire_message"]
+__all__ = ["RedisBroker", "RemoteEncoded", "TTL_HEARTBEATS", "make_bus", "wire_message"]
 
 log = logging.getLogger("miaws.broker")
 
 OUTBOX_MAX = 10_000  # messages waiting for the publisher; beyond it they are dropped
 BATCH_MAX = 256  # PUBLISH commands per pipeline round trip
-RETRY_FIRST = 0.1  # seconds before the first reconnection attempt
 SOCKET_TIMEOUT = 2.0  # seconds a Redis command (or a connection attempt) may take
 READY_WAIT = 2.0  # seconds start() waits for the first subscription
-BrokerErrors = (RedisError, OSError)
+SUBSCRIBE_WAIT = 2.0  # seconds a join waits for its partition's subscription
+SENDERS_MAX = 1_000  # senders whose message counter is remembered per channel
+BrokerErrors = BusErrors
 
 TTL_HEARTBEATS = 3
 """A node whose counts were not refreshed for this many heartbeats is gone."""
-
-
-class RemoteEncoded(Encoded):
-    """A message another node serialised: its text as received, parsed only if asked."""
-
-    __slots__ = ()
-
-    def __init__(self, data: bytes) -> None:  # not Encoded's: the UTF-8 JSON exists already
-        self.data = data
-        self._text = None
-        self.wire = None
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached while the ``payload`` slot is unset.
-        if name == "payload":
-            self.payload = json.loads(self.data)
-            return self.payload
-        raise AttributeError(name)
 
 
 def redact(url: str) -> str:
@@ -108,10 +104,27 @@ def _target(key: str | None, namespace: str | None) -> bytes:
 
 
 def wire_message(
-    node: str, key: str | None, namespace: str | None, data: bytes, prefix: str = "miaws"
+    node: str,
+    key: str | None,
+    namespace: str | None,
+    data: bytes,
+    prefix: str = "miaws",
+    n: int = 1,
+    keys: RedisKeys | None = None,
 ) -> tuple[str, bytes]:
-    """The channel and bytes of a cross-node message from node (for benches and tests)."""
-    return f"{prefix}:messages", b"\n".join((node.encode(), _target(key, namespace), data))
+    """The channel and bytes of node's n-th cross-node message on its channel (for benches
+    and tests)."""
+    keys = keys or RedisKeys(prefix)
+    channel = keys.broadcast if key is None else keys.room_channel(key)
+    return channel, b"\n".join((node.encode(), b"%d" % n, _target(key, namespace), data))
+
+
+def make_bus(settings: Settings) -> Bus:
+    """The bus ``broker.type`` asks for."""
+    from miaws.broker.redis_bus import ServerBus
+
+    b = settings.broker
+    return ServerBus(b.url, timeout=SOCKET_TIMEOUT, retry_max=b.heartbeat)
 
 
 class RedisBroker(Broker):
@@ -120,63 +133,71 @@ class RedisBroker(Broker):
     def __init__(
         self,
         registry: LocalRegistry,
-        url: str,
+        bus: Bus,
         *,
+        url: str = "",
         channel_prefix: str = "miaws",
+        partitions: int = 1024,
         heartbeat: float = 5.0,
+        probe_interval: float = 2.0,
+        unsubscribe_delay: float = 5.0,
         node_id: str | None = None,
         history_rules: Sequence[HistoryRoom] = (),
     ) -> None:
         super().__init__(registry)
         self.url = url
+        self.bus = bus
+        self.keys = RedisKeys(channel_prefix, partitions)
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.heartbeat = heartbeat
-        self.channel = f"{channel_prefix}:messages"
-        self.nodes_key = f"{channel_prefix}:nodes"
-        self.key_prefix = f"{channel_prefix}:node:"
-        self.dropped = 0  # cross-node messages lost (outage or full outbox) since start
+        self.probe_interval = probe_interval
+        self.node_channel = self.keys.node_channel(self.node_id)
+        self.dropped = 0  # cross-node messages lost (outage, full outbox, or missed) since start
         self.received = 0  # cross-node messages read from Redis since start
+        self.skipped = 0  # of those, messages for rooms with no local member (partition shared)
         self.reconnects = 0  # subscriptions made again after one was lost
         self.probe_failures = 0  # probes not back in time
         self._node_bytes = self.node_id.encode()
-        # Fail fast and let our own loops retry: redis-py's default retry would hide an outage.
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=max(1, round(heartbeat)),
-        )
-        self.shared = (
-            RedisHistory(history_rules, self._redis, channel_prefix, self.channel)
-            if history_rules
-            else None
-        )
-        # bytes: a PUBLISH as is; (room, JSON): a message to stamp and keep first
-        self._outbox: asyncio.Queue[bytes | tuple[str, bytes]] = asyncio.Queue(OUTBOX_MAX)
+        self._probe_channels = bus.probe_channels(self.node_channel)
+        self._probe_bytes = {c.encode() for c in self._probe_channels}
+        self._probe_token = b""
+        self._probe_missing: set[bytes] = set()
+        self._probe_back: asyncio.Event | None = None
+        self._probe_ok = True
+        self.shared = RedisHistory(history_rules, bus, self.keys) if history_rules else None
+        self.interest = Interest(self.keys, bus, unsubscribe_delay, self._released)
+        registry.watch(self)
+        # (channel, bytes): a PUBLISH as is; (room, JSON): a message to stamp and keep first
+        self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(OUTBOX_MAX)
+        self._out_n: dict[str, int] = {}  # channel -> this node's messages sent on it
+        self._in_n: dict[bytes, dict[bytes, int]] = {}  # channel -> sender -> last n
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = False
         self._up = False
         self._outage_since: float | None = None
         self._dropped_at_outage = 0
         self._full_logged_at = 0.0
-        self._first_attempt = asyncio.Event()
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: LocalRegistry) -> RedisBroker:
         b = settings.broker
         try:
-            return cls(
-                registry,
-                b.url,
-                channel_prefix=b.channel_prefix,
-                heartbeat=b.heartbeat,
-                history_rules=settings.history.rooms,
-            )
+            bus = make_bus(settings)
         except ValueError as exc:  # redis-py's URL parser: a bad port, database, option
             raise ConfigError(
                 f"{settings.source}: broker.url has value {redact(b.url)!r}; {exc}"
             ) from None
+        return cls(
+            registry,
+            bus,
+            url=b.url,
+            channel_prefix=b.channel_prefix,
+            partitions=b.partitions,
+            heartbeat=b.heartbeat,
+            probe_interval=b.probe_interval,
+            unsubscribe_delay=b.unsubscribe_delay,
+            history_rules=settings.history.rooms,
+        )
 
     # ------------------------------------------------------------ sending
     def publish(
@@ -189,21 +210,27 @@ class RedisBroker(Broker):
         goes, unstamped and not kept, to this node's members only.
         """
         message = Encoded(payload)
-        data: bytes | tuple[str, bytes]
+        item: tuple[str, bytes]
         if key is not None and self.shared is not None and self.shared.covers(key):
             if not self._up:
                 self.dropped += 1
                 return self._registry.send_to_room(key, message)
             delivered = self._registry.room_size(key)
-            data = (key, message.data)
+            item = ("", key.encode() + b"\n" + message.data)
         else:
             delivered = self._deliver(key, namespace, message)
             if not self._up:
                 self.dropped += 1
                 return delivered
-            data = b"\n".join((self._node_bytes, _target(key, namespace), message.data))
+            channel = self.keys.broadcast if key is None else self.keys.room_channel(key)
+            n = self._out_n.get(channel, 0) + 1
+            self._out_n[channel] = n
+            item = (
+                channel,
+                b"\n".join((self._node_bytes, b"%d" % n, _target(key, namespace), message.data)),
+            )
         try:
-            self._outbox.put_nowait(data)
+            self._outbox.put_nowait(item)
         except asyncio.QueueFull:
             self.dropped += 1
             now = time.monotonic()
@@ -215,73 +242,6 @@ class RedisBroker(Broker):
                 )
         return delivered
 
-    async def _publisher(self) -> None:
-        """Publish queued messages in order, many per round trip."""
-        while True:
-            batch = [await self._outbox.get()]
-            while len(batch) < BATCH_MAX and not self._outbox.empty():
-                batch.append(self._outbox.get_nowait())
-            try:
-                pipe = self._redis.pipeline(transaction=False)
-                for data in batch:
-                    if isinstance(data, bytes):
-                        pipe.publish(self.channel, data)
-                    else:
-                        assert self.shared is not None
-                        await self.shared.queue_append(pipe, *data)
-                await pipe.execute()
-            except BrokerErrors as exc:
-                self.dropped += len(batch)
-                self._set_down(exc)
-            finally:
-                for _ in batch:
-                    self._outbox.task_done()
-
-    # ------------------------------------------------------------ receiving
-    async def _subscriber(self) -> None:
-        """Stay subscribed: on any failure, mark the node degraded and retry with backoff.
-
-        The connection is a :class:`~miaws.broker.pubsub.Subscription`, which hands each
-        message to :meth:`_receive` as it is read.  A PING every heartbeat must be answered
-        by the next one, or the connection is taken for dead and made again."""
-        delay = RETRY_FIRST
-        connected_before = False
-        while True:
-            sub: Subscription | None = None
-            try:
-                sub = await Subscription.open(self.url, self._receive_channel, SOCKET_TIMEOUT)
-                sub.subscribe([self.channel])
-                await sub.sync(SOCKET_TIMEOUT)
-                await self._write_counts()
-                self._subscribed = True
-                if connected_before:
-                    self.reconnects += 1
-                connected_before = True
-                self._set_up()
-                self._first_attempt.set()
-                delay = RETRY_FIRST
-                while True:
-                    pongs = sub.pongs
-                    sub.ping()
-                    done, _ = await asyncio.wait({sub.closed}, timeout=max(self.heartbeat, 0.1))
-                    if done:
-                        raise ConnectionError(str(sub.closed.result() or "connection closed"))
-                    if sub.pongs == pongs:
-                        raise ConnectionError("redis did not answer a PING on pub/sub")
-            except (*BrokerErrors, asyncio.TimeoutError) as exc:
-                self._subscribed = False
-                self._set_down(exc)
-            finally:
-                if sub is not None:
-                    sub.close()
-            self._first_attempt.set()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max(self.heartbeat, RETRY_FIRST))
-
-    def _receive_channel(self, channel: bytes, data: bytes) -> None:
-        self.received += 1
-        self._receive(data)
-
     def _deliver(self, key: str | None, namespace: str | None, message: Encoded) -> int:
         registry = self._registry
         if key is not None:
@@ -290,39 +250,166 @@ class RedisBroker(Broker):
             return registry.send_to_namespace(namespace, message)
         return registry.send_to_all(message)
 
-    def _receive(self, data: bytes) -> None:
+    async def _publisher(self) -> None:
+        """Publish queued messages in order, many per round trip."""
+        while True:
+            batch = [await self._outbox.get()]
+            while len(batch) < BATCH_MAX and not self._outbox.empty():
+                batch.append(self._outbox.get_nowait())
+            try:
+                commands: list[Publish | Call] = []
+                for channel, data in batch:
+                    if channel:
+                        commands.append(Publish(channel, data))
+                    else:
+                        assert self.shared is not None
+                        room, _, text = data.partition(b"\n")
+                        commands.append(self.shared.append(room.decode(), text))
+                await self.bus.send(commands)
+            except BrokerErrors as exc:
+                self.dropped += len(batch)
+                self._set_down(exc)
+            finally:
+                for _ in batch:
+                    self._outbox.task_done()
+
+    # ------------------------------------------------------------ receiving (BusListener)
+    def bus_message(self, channel: bytes, data: bytes) -> None:
+        if channel in self._probe_bytes:
+            self._probe_arrived(channel, data)
+            return
+        self.received += 1
         node, _, rest = data.partition(b"\n")
-        if node == self._node_bytes:
-            return  # ours: delivered locally when it was sent
         try:
-            if not node and self.shared is not None:  # stamped by Redis: everyone delivers
+            if not node:  # stamped by Redis: everyone delivers
+                if self.shared is None:
+                    return
                 key_b, epoch, seq, text = rest.split(b"\n", 3)
                 key = key_b.decode()
-                self.shared.deliver(
-                    key, epoch.decode(), int(seq), RemoteEncoded(text), self._registry.members(key)
-                )
+                members = self._registry.members(key)
+                if not members:
+                    self.skipped += 1
+                    return
+                self.shared.deliver(key, epoch.decode(), int(seq), RemoteEncoded(text), members)
                 return
-            target_b, _, text = rest.partition(b"\n")
+            if node == self._node_bytes:
+                return  # ours: delivered locally when it was sent
+            n_b, target_b, text = rest.split(b"\n", 2)
+            self._count_missed(channel, node, int(n_b))
             target = target_b.decode()
-            message = RemoteEncoded(text)
             if not target:
-                self._registry.send_to_all(message)
-            elif target.endswith("#"):
-                self._registry.send_to_namespace(target[:-1], message)
-            else:
-                self._registry.send_to_room(target, message)
+                self._registry.send_to_all(RemoteEncoded(text))
+            elif target[-1] == "#":
+                self._registry.send_to_namespace(target[:-1], RemoteEncoded(text))
+            elif not self._registry.send_to_room(target, RemoteEncoded(text)):
+                self.skipped += 1
         except Exception:  # one bad message (or client) must not stop the subscriber
             log.exception("could not deliver a message from node %r", node)
 
+    def _count_missed(self, channel: bytes, node: bytes, n: int) -> None:
+        senders = self._in_n.get(channel)
+        if senders is None:
+            senders = self._in_n[channel] = {}
+        last = senders.get(node)
+        if last is None and len(senders) >= SENDERS_MAX:
+            senders.clear()
+        senders[node] = n
+        if last is not None and n > last + 1:
+            self.dropped += n - last - 1
+
+    def _released(self, channel: str) -> None:
+        """Interest let channel go: its counters start afresh if it is subscribed again."""
+        self._in_n.pop(channel.encode(), None)
+
+    def bus_up(self, again: bool) -> None:
+        self._subscribed = True
+        if again:
+            self.reconnects += 1
+        self._probe_ok = True
+        self._tasks.append(asyncio.create_task(self._resumed(again)))
+
+    async def _resumed(self, again: bool) -> None:
+        """After (re)subscribing: write the counts, then backfill the history rooms."""
+        try:
+            await self._write_counts()
+        except BrokerErrors as exc:
+            self._set_down(exc)
+        else:
+            self._set_up()
+        if again and self.shared is not None:
+            shared = self.shared
+            rooms = [k for k in self._registry.rooms() if shared.covers(k)]
+            await asyncio.gather(*(shared.backfill(k, self._members(k)) for k in rooms))
+        task = asyncio.current_task()
+        if task in self._tasks:
+            self._tasks.remove(task)
+
+    def _members(self, key: str) -> Callable[[], list[Client]]:
+        return lambda: self._registry.members(key)
+
+    def bus_down(self, error: BaseException) -> None:
+        self._subscribed = False
+        self._set_down(error)
+
+    # ------------------------------------------------------------ the probe
+    async def _prober(self) -> None:
+        """Every probe interval, a probe on each probe channel, expected back in as long."""
+        count = 0
+        while True:
+            await asyncio.sleep(self.probe_interval)
+            if not self.bus.subscribed:
+                continue  # the bus is reconnecting; it says when it is back
+            count += 1
+            self._probe_token = b"%d" % count
+            self._probe_missing = set(self._probe_bytes)
+            self._probe_back = back = asyncio.Event()
+            try:
+                await asyncio.wait_for(
+                    self.bus.send([Publish(c, self._probe_token) for c in self._probe_channels]),
+                    self.probe_interval,
+                )
+                await asyncio.wait_for(back.wait(), self.probe_interval)
+            except (*BrokerErrors, asyncio.TimeoutError) as exc:
+                self.probe_failures += 1
+                self._probe_ok = False
+                log.warning(
+                    "redis broker probe %d not back within %g s (%s); subscribing again",
+                    count,
+                    self.probe_interval,
+                    str(exc) or type(exc).__name__,
+                )
+                self.bus.restart("the probe did not come back")
+            else:
+                self._probe_ok = True
+
+    def _probe_arrived(self, channel: bytes, data: bytes) -> None:
+        if data == self._probe_token and channel in self._probe_missing:
+            self._probe_missing.discard(channel)
+            if not self._probe_missing and self._probe_back is not None:
+                self._probe_back.set()
+
     # ------------------------------------------------------------ rooms and history
+    def room_occupied(self, key: str) -> None:
+        self.interest.room_occupied(key)
+
+    def room_vacated(self, key: str) -> None:
+        self.interest.room_vacated(key)
+        if self.shared is not None:
+            self.shared.forget(key)
+
     def join(
         self, client: Client, key: str, since: Position | None = None
     ) -> Joined | Awaitable[Joined]:
+        """Make client a member; answer once the room's partition is subscribed to (so that
+        what is published after the answer reaches it), from the history if it has one."""
         self._registry.group_add(key, client)
+        ready = self.interest.ready(key) if self._subscribed else None
         shared = self.shared
-        if shared is None or not shared.covers(key):
+        if shared is not None and shared.covers(key):
+            return shared.join(client, key, since, ready)
+        if ready is None:
             return no_history(since)
-        return shared.join(client, key, since)
+        return _after(ready, no_history(since))
 
     def history_covers(self, key: str) -> bool:
         return self.shared is not None and self.shared.covers(key)
@@ -331,16 +418,16 @@ class RedisBroker(Broker):
     async def _write_counts(self) -> None:
         counts = {"connections": self._registry.count(), "rooms": self._registry.rooms()}
         ttl_ms = int(self.heartbeat * TTL_HEARTBEATS * 1000)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.set(self.key_prefix + self.node_id, json.dumps(counts), px=ttl_ms)
-        pipe.sadd(self.nodes_key, self.node_id)
+        pipe = self.bus.redis.pipeline(transaction=False)  # one slot: {prefix:nodes}
+        pipe.set(self.keys.node_counts(self.node_id), json.dumps(counts), px=ttl_ms)
+        pipe.sadd(self.keys.nodes, self.node_id)
         await pipe.execute()
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)
             if not self._subscribed:
-                continue  # the subscriber is reconnecting; it writes the counts when it is back
+                continue  # the bus is reconnecting; the counts are written when it is back
             try:
                 await self._write_counts()
             except BrokerErrors as exc:
@@ -378,18 +465,30 @@ class RedisBroker(Broker):
         )
 
     def status(self) -> str:
-        return "ok" if self._up else "degraded"
+        """``ok`` while commands work, the subscription is up and the last probe came back."""
+        return "ok" if self._up and self._subscribed and self._probe_ok else "degraded"
 
     def counters(self) -> BrokerCounters:
-        return BrokerCounters(self.received, self.dropped, self.reconnects, self.probe_failures)
+        shared = self.shared
+        return BrokerCounters(
+            self.received,
+            self.dropped + (shared.lost if shared else 0),
+            self.reconnects,
+            self.probe_failures,
+            skipped=self.skipped,
+            gaps=shared.gaps if shared else 0,
+            partitions=self.interest.partitions(),
+        )
 
     async def cluster(self) -> ClusterView:
         """Counts of every live node (this one's are live, the others' a heartbeat old)."""
         if not self._up:
             raise BrokerUnavailable(self.node_id, f"redis unreachable at {redact(self.url)}")
         try:
-            ids = sorted(_text(i) for i in await self._redis.smembers(self.nodes_key))
-            values = await self._redis.mget([self.key_prefix + i for i in ids]) if ids else []
+            ids = sorted(_text(i) for i in await self.bus.redis.smembers(self.keys.nodes))
+            values = (
+                await self.bus.redis.mget([self.keys.node_counts(i) for i in ids]) if ids else []
+            )
         except BrokerErrors as exc:
             self._set_down(exc)
             raise BrokerUnavailable(self.node_id, f"redis error: {exc}") from None
@@ -407,34 +506,50 @@ class RedisBroker(Broker):
         nodes[self.node_id] = NodeCounts(self._registry.count(), self._registry.rooms())
         if gone:
             with contextlib.suppress(*BrokerErrors):
-                await self._redis.srem(self.nodes_key, *gone)
+                await self.bus.redis.srem(self.keys.nodes, *gone)
         return ClusterView(self.node_id, nodes)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Start the background tasks; wait (briefly) for the first subscription attempt."""
-        self._tasks = [
-            asyncio.create_task(self._subscriber(), name="miaws-redis-subscriber"),
+        """Subscribe (to this node's channel, the broadcast channel and the partitions of its
+        rooms) and start the background tasks; wait (briefly) for the first attempt."""
+        self.bus.subscribe([self.keys.broadcast, *self._probe_channels])
+        await self.bus.start(self, READY_WAIT)
+        self._tasks += [
             asyncio.create_task(self._publisher(), name="miaws-redis-publisher"),
             asyncio.create_task(self._heartbeat(), name="miaws-redis-heartbeat"),
+            asyncio.create_task(self._prober(), name="miaws-redis-probe"),
         ]
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._first_attempt.wait(), READY_WAIT)
+        if self._subscribed and not self._up:  # the counts are being written: wait for them
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._up_event(), READY_WAIT)
+
+    async def _up_event(self) -> None:
+        while not self._up and self._subscribed:
+            await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         """Publish what is queued (up to 1 s), leave the cluster view, close the connections."""
         if self._up:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._outbox.join(), 1.0)
+        self.interest.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         if self._up:
             with contextlib.suppress(*BrokerErrors):
-                pipe = self._redis.pipeline(transaction=True)
-                pipe.delete(self.key_prefix + self.node_id)
-                pipe.srem(self.nodes_key, self.node_id)
+                pipe = self.bus.redis.pipeline(transaction=False)
+                pipe.delete(self.keys.node_counts(self.node_id))
+                pipe.srem(self.keys.nodes, self.node_id)
                 await pipe.execute()
         self._up = self._subscribed = False
-        await self._redis.aclose()
+        await self.bus.close()
+
+
+async def _after(ready: Awaitable[None], joined: Joined) -> Joined:
+    """joined, once ready is done (or after :data:`SUBSCRIBE_WAIT`)."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(ready), SUBSCRIBE_WAIT)
+    return joined

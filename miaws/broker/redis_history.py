@@ -1,12 +1,14 @@
 """Room history in Redis, shared by every node (``broker.type: redis`` with ``history.rooms``).
 
 Per room (its key R, see :mod:`miaws.core.rooms`) three keys, all expiring ``ttl`` seconds
-after the room's last message or join:
+after the room's last message or join, all in the slot of R's partition channel
+(:class:`~miaws.broker.redis_keys.RedisKeys`, ``{prefix:pN}``), so each script touches one
+slot and publishes there:
 
-- ``{prefix}:hist:{R}:epoch`` - the epoch, a random string chosen when the history starts
+- ``{prefix:pN}:h:R:epoch`` - the epoch, a random string chosen when the history starts
   (after the keys expired, or Redis lost them: a new epoch, so old positions never resume);
-- ``{prefix}:hist:{R}:seq`` - the room's last seq (``INCR``);
-- ``{prefix}:hist:{R}`` - a stream of the last ``size`` messages; entry id ``{seq}-0``,
+- ``{prefix:pN}:h:R:seq`` - the room's last seq (``INCR``);
+- ``{prefix:pN}:h:R`` - a stream of the last ``size`` messages; entry id ``{seq}-0``,
   fields ``m`` (the stamped JSON text) and ``t`` (Redis time in ms, for the ``ttl``).
 
 A broadcast to such a room is not delivered by the sending node at once: the broker's ordered
@@ -18,6 +20,15 @@ A join reads the position (and, with ``since``, the missed messages) with :data:
 Meanwhile the room's live messages for the joining client are held back; once this node's
 subscriber has passed the position read, the reply, the missed messages and the held ones
 newer than the position go out in that order, each once.
+
+This node remembers the last (epoch, seq) it delivered of each room with local members.  A
+message at or below it is a duplicate and is not delivered again.  After the subscription
+was lost and made again, :meth:`RedisHistory.backfill` reads each such room's stream from
+there and delivers what the node missed, in order, before the live messages that came
+meanwhile; where the stream no longer holds all of it (trimmed, expired, or a new epoch
+because Redis lost the keys) the room's members get a ``gap`` message first:
+``{"type": "gap", "room": R, "epoch": E, "seq": S}``: messages before (E, S) were lost, and
+the messages after S follow.
 """
 
 from __future__ import annotations
@@ -26,19 +37,20 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
+from miaws.broker.bus import Bus, BusErrors, Call
+from miaws.broker.redis_keys import RedisKeys
+from miaws.broker.remote import RemoteEncoded
 from miaws.core.history import HistoryRoom, Joined, Position, Rules
 from miaws.core.model import Client, Encoded
+from miaws.core.rooms import split_key
 
 __all__ = ["RedisHistory"]
 
 CATCH_UP_WAIT = 1.0  # seconds a join waits for the subscriber to reach the position read
-SEEN_MAX = 10_000  # rooms whose last received seq is remembered
+READY_WAIT = 2.0  # seconds a join waits for its partition's subscription before reading
 
 # Both scripts start here: the room's epoch, or a new one (ARGV[1]) with its counter and
 # stream emptied when the old epoch has expired.
@@ -60,7 +72,7 @@ redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], seq .. '-0', 'm', text, 't', ms)
 redis.call('SET', KEYS[1], epoch, 'PX', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
-redis.call('PUBLISH', KEYS[4], ARGV[5] .. epoch .. '\\n' .. seq .. '\\n' .. text)
+redis.call(ARGV[6], KEYS[4], ARGV[5] .. epoch .. '\\n' .. seq .. '\\n' .. text)
 return seq
 """
 )
@@ -85,29 +97,28 @@ return {epoch, seq, entries, now[1], now[2]}
 class RedisHistory:
     """The room history of a :class:`~miaws.broker.redis.RedisBroker`, shared by its nodes."""
 
-    def __init__(
-        self, rules: Sequence[HistoryRoom], redis: aioredis.Redis, prefix: str, channel: str
-    ) -> None:
+    def __init__(self, rules: Sequence[HistoryRoom], bus: Bus, keys: RedisKeys) -> None:
         self.rules = Rules(rules)
-        self.prefix = f"{prefix}:hist:"
-        self.channel = channel
-        self._append = redis.register_script(APPEND)
-        self._read = redis.register_script(READ)
+        self.bus = bus
+        self.keys = keys
+        self._append = bus.script(APPEND)
+        self._read = bus.script(READ)
         # room -> client -> live messages held back while that client joins
         self.held: dict[str, dict[Client, list[tuple[str, int, Encoded]]]] = {}
-        self._seen: dict[str, tuple[str, int]] = {}  # room -> last (epoch, seq) received
+        self._seen: dict[str, tuple[str, int]] = {}  # room -> last (epoch, seq) delivered
         self._waiters: dict[str, list[tuple[str, int, asyncio.Future[None]]]] = {}
+        # room -> live messages that came while its backfill reads the stream
+        self._backfilling: dict[str, list[tuple[str, int, Encoded]]] = {}
+        self.gaps = 0  # gap messages sent (one per room and loss)
+        self.lost = 0  # messages known lost to this node's members (a gap's extent)
+        self.duplicates = 0  # messages received twice (backfill and live overlapping)
 
     def covers(self, room: str) -> bool:
         return self.rules.rule(room) is not None
 
-    def _keys(self, room: str) -> list[str]:
-        base = self.prefix + room
-        return [base + ":epoch", base + ":seq", base]
-
     # ------------------------------------------------------------ sending
-    async def queue_append(self, pipe: Any, room: str, data: bytes) -> None:
-        """Queue on pipe the script that stamps, keeps and publishes one message."""
+    def append(self, room: str, data: bytes) -> Call:
+        """The script call that stamps, keeps and publishes one message."""
         rule = self.rules.rule(room)
         assert rule is not None
         header = b"\n" + room.encode() + b"\n"
@@ -117,15 +128,28 @@ class RedisHistory:
             rule.size,
             _ms(rule.ttl),
             header,
+            self.bus.publish_command,
         ]
-        await self._append(self._keys(room) + [self.channel], args, client=pipe)
+        return Call(self._append, self.keys.history(room) + [self.keys.room_channel(room)], args)
 
     def deliver(
         self, room: str, epoch: str, seq: int, message: Encoded, targets: list[Client]
     ) -> None:
-        """Deliver a stamped message that came back from pub/sub (holding it for joiners)."""
-        if len(self._seen) >= SEEN_MAX and room not in self._seen:
-            self._seen.clear()  # at worst a join then waits CATCH_UP_WAIT
+        """Deliver a stamped message that came back from pub/sub (holding it for joiners);
+        a duplicate of one delivered already is dropped."""
+        seen = self._seen.get(room)
+        if seen is not None and seen[0] == epoch and seq <= seen[1]:
+            self.duplicates += 1
+            return
+        pending = self._backfilling.get(room)
+        if pending is not None:
+            pending.append((epoch, seq, message))
+            return
+        self._deliver(room, epoch, seq, message, targets)
+
+    def _deliver(
+        self, room: str, epoch: str, seq: int, message: Encoded, targets: list[Client]
+    ) -> None:
         self._seen[room] = (epoch, seq)
         waiters = self._waiters.get(room)
         if waiters:
@@ -140,16 +164,80 @@ class RedisHistory:
             else:
                 buffer.append((epoch, seq, message))
 
+    def forget(self, room: str) -> None:
+        """room has no local member any more: its last position is no longer needed."""
+        self._seen.pop(room, None)
+
+    # ------------------------------------------------------------ after a lost subscription
+    async def backfill(self, room: str, members: Callable[[], list[Client]]) -> None:
+        """Deliver what this node missed of room since the last message it delivered, then
+        what came live meanwhile; a ``gap`` first where the stream cannot cover it."""
+        seen = self._seen.get(room)
+        if seen is None or room in self._backfilling:
+            return  # nothing delivered yet (a join is reading the position), or under way
+        pending: list[tuple[str, int, Encoded]] = []
+        self._backfilling[room] = pending
+        try:
+            rule = self.rules.rule(room)
+            assert rule is not None
+            keys = self.keys.history(room)
+            args: list[bytes | str | int] = [secrets.token_hex(6), _ms(rule.ttl)]
+            reply = await self.bus.run(self._read, keys, [*args, seen[0], seen[1]])
+            epoch, start = reply[0].decode(), seen[1]
+            if epoch != seen[0]:  # Redis lost the history: the new epoch from its start
+                reply = await self.bus.run(self._read, keys, [*args, epoch, 0])
+                start = 0
+            self._catch_up(room, seen, epoch, start, int(reply[1]), reply[2], members)
+        except BusErrors:
+            pass  # the subscription goes down too, and the next one backfills again
+        finally:
+            del self._backfilling[room]
+            for p_epoch, p_seq, message in pending:
+                self.deliver(room, p_epoch, p_seq, message, members())
+
+    def _catch_up(
+        self,
+        room: str,
+        seen: tuple[str, int],
+        epoch: str,
+        start: int,
+        seq: int,
+        entries: list[Any],
+        members: Callable[[], list[Client]],
+    ) -> None:
+        messages = [(int(eid.split(b"-")[0]), _field(raw, b"m")) for eid, raw in entries]
+        first = messages[0][0] if messages else seq + 1
+        if epoch != seen[0] or first != start + 1:
+            lost_to = first - 1
+            self.gaps += 1
+            self.lost += max(0, lost_to - start) + (1 if epoch != seen[0] else 0)
+            _, name = split_key(room)
+            gap = Encoded({"type": "gap", "room": name, "epoch": epoch, "seq": lost_to})
+            for client in members():
+                if client not in self.held.get(room, {}):
+                    client.deliver(gap)
+            self._seen[room] = (epoch, lost_to)
+        for m_seq, text in messages:
+            if m_seq > self._seen[room][1]:
+                self._deliver(room, epoch, m_seq, RemoteEncoded(text), members())
+
     # ------------------------------------------------------------ joining
-    def join(self, client: Client, room: str, since: Position | None) -> Awaitable[Joined]:
+    def join(
+        self,
+        client: Client,
+        room: str,
+        since: Position | None,
+        ready: Awaitable[None] | None = None,
+    ) -> Awaitable[Joined]:
         """Read room's position (and what client missed since ``since``) while holding back
         its live messages; the messages to send after the reply, in order, each once.
 
+        ready, if given, is the subscription to the room's channel, awaited (briefly) first.
         The hold starts at once (the caller has just made client a member), not when the
         returned awaitable first runs."""
         buffer: list[tuple[str, int, Encoded]] = []
         self.held.setdefault(room, {})[client] = buffer
-        return self._join(client, room, since, buffer)
+        return self._join(client, room, since, buffer, ready)
 
     async def _join(
         self,
@@ -157,13 +245,18 @@ class RedisHistory:
         room: str,
         since: Position | None,
         buffer: list[tuple[str, int, Encoded]],
+        ready: Awaitable[None] | None,
     ) -> Joined:
         rule = self.rules.rule(room)
         assert rule is not None
         holds = self.held[room]
         try:
-            epoch_b, seq, entries, secs, micros = await self._read(
-                self._keys(room),
+            if ready is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(ready), READY_WAIT)
+            epoch_b, seq, entries, secs, micros = await self.bus.run(
+                self._read,
+                self.keys.history(room),
                 [
                     secrets.token_hex(6),
                     _ms(rule.ttl),
@@ -173,7 +266,9 @@ class RedisHistory:
             )
             epoch = epoch_b.decode()
             await self._caught_up(room, epoch, seq)
-        except (RedisError, OSError):
+            if room not in self._seen:
+                self._seen[room] = (epoch, seq)  # the position this node's members are at
+        except BusErrors:
             return Joined(None, False if since else None, [_payload(m) for _, _, m in buffer])
         finally:
             del holds[client]
@@ -207,6 +302,11 @@ class RedisHistory:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+def _field(raw: list[bytes], name: bytes) -> bytes:
+    """One field of a stream entry's flat [name, value, ...] list."""
+    return raw[raw.index(name) + 1]
 
 
 def _payload(message: Encoded) -> dict[str, Any]:

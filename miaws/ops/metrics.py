@@ -107,6 +107,22 @@ class MiawsCollector(Collector):
             "Probes (a message to this node's own channel) that did not come back in time.",
             value=broker.probe_failures,
         )
+        yield CounterMetricFamily(
+            "miaws_broker_messages_skipped",
+            "Of the cross-node messages received, those for a room with no member on this node "
+            "(it shares a partition with one that has).",
+            value=broker.skipped,
+        )
+        yield CounterMetricFamily(
+            "miaws_broker_gaps",
+            "Gap messages sent: a history room lost messages this node could not backfill.",
+            value=broker.gaps,
+        )
+        yield GaugeMetricFamily(
+            "miaws_broker_partitions",
+            "Partition channels this node is subscribed to (rooms it has members in).",
+            value=broker.partitions,
+        )
 
         latency = HistogramMetricFamily(
             "miaws_handler_seconds", "Time spent in message handlers, by type.", labels=["type"]
