@@ -239,14 +239,16 @@ class ConsoleSettings:
 
 @dataclass(frozen=True)
 class BrokerSettings:
-    type: Literal["memory", "redis"] = setting(
+    type: Literal["memory", "redis", "redis-cluster"] = setting(
         "memory",
-        "memory: one process; redis: several nodes sharing broadcasts through Redis pub/sub.",
-        expect="one of memory, redis",
+        "memory: one process; redis: several nodes sharing broadcasts through Redis pub/sub; "
+        "redis-cluster: the same on a Redis Cluster (sharded pub/sub, Redis 7+).",
+        expect="one of memory, redis, redis-cluster",
     )
     url: str = setting(
         "redis://127.0.0.1:6379/0",
-        "Redis URL (redis://, rediss:// or unix://) when broker.type is redis.",
+        "Redis URL (redis://, rediss:// or unix://) when broker.type is redis; with "
+        "redis-cluster, any one node of the cluster (redis:// or rediss://).",
         env="REDIS_URL",
         expect="a redis://, rediss:// or unix:// URL",
     )
@@ -527,6 +529,8 @@ def _validate_broker(src: str, b: BrokerSettings) -> None:
         raise ConfigError(
             f"{src}: broker.url has value {b.url!r}; expected a redis://, rediss:// or unix:// URL"
         )
+    if b.type == "redis-cluster":
+        _validate_cluster_url(src, b.url)
     if re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", b.channel_prefix) is None:
         raise ConfigError(
             f"{src}: broker.channel_prefix has value {b.channel_prefix!r}; expected 1 to 64 "
@@ -551,6 +555,19 @@ def _validate_broker(src: str, b: BrokerSettings) -> None:
         raise ConfigError(
             f"{src}: broker.unsubscribe_delay has value {b.unsubscribe_delay:g}; expected a "
             "number of seconds, 0 or more"
+        )
+
+
+def _validate_cluster_url(src: str, url: str) -> None:
+    """A Redis Cluster is reached over TCP and has database 0 only."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "unix" or parts.path.strip("/") not in ("", "0"):
+        shown = url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url
+        raise ConfigError(
+            f"{src}: broker.url has value {shown!r}; expected a redis:// or rediss:// URL of one "
+            "node of the cluster, without a database other than 0 (broker.type redis-cluster)"
         )
 
 
