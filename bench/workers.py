@@ -29,6 +29,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ class WorkerFigures:
     connections: int  # receivers (and the sender) on this worker
     cpu: float  # seconds over the run
     ingest: int  # cross-node messages it read from Redis during the run
+    sender: bool  # the sender is connected to this worker
 
 
 def worker_pids(log: str, server: ServerProcess) -> dict[int, int]:
@@ -73,18 +75,34 @@ def get_json(url: str) -> dict[str, object]:
         return body
 
 
-def received_total(http: str) -> dict[str, int]:
-    """Node id -> miaws_broker_messages_received_total, over enough /metrics requests to have
-    asked every worker (each request reaches one); empty if the metric does not exist."""
-    seen: dict[str, int] = {}
+@dataclass
+class NodeMetrics:
+    ingest: int  # miaws_broker_messages_received_total
+    messages_in: int  # client messages received (the sender's worker has them)
+
+
+def node_metrics(base: str) -> dict[str, NodeMetrics]:
+    """Node id -> its counters, over enough requests to have asked every worker: each TCP
+    connection reaches one worker, so /health (which names it) and /metrics are asked on
+    one kept-alive connection."""
+    import http.client
+
+    host, port = urllib.parse.urlsplit(base).netloc.split(":")
+    seen: dict[str, NodeMetrics] = {}
     for _ in range(40):
-        node = get_json(f"{http}/health")["cluster"]["node"]  # type: ignore[index]
-        with urllib.request.urlopen(f"{http}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        match = re.search(r"^miaws_broker_messages_received_total (\d+)", text, re.M)
-        if match is None:
-            return {}
-        seen[str(node)] = int(match.group(1))  # the same worker answers a kept-alive pair
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        try:
+            conn.request("GET", "/health")
+            node = json.loads(conn.getresponse().read())["cluster"]["node"]
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        ingest = re.search(r"^miaws_broker_messages_received_total (\d+)", text, re.M)
+        messages_in = re.findall(r"^miaws_messages_in_total\{[^}]*\} (\S+)", text, re.M)
+        seen[str(node)] = NodeMetrics(
+            int(ingest.group(1)) if ingest else 0, int(sum(float(v) for v in messages_in))
+        )
     return seen
 
 
@@ -143,16 +161,17 @@ def measure(
             time.sleep(0.1)
         pids = worker_pids(server.output(), server)
         nodes = worker_nodes(server.output())
-        ingest_before = received_total(server.http)
+        before = node_metrics(server.http)
         seconds, connections, cpu = asyncio.run(run(server, pids, receivers, messages))
-        ingest_after = received_total(server.http)
+        after = node_metrics(server.http)
         figures = [
             WorkerFigures(
                 index,
                 pids[index],
                 connections.get(node, 0),
                 cpu[index],
-                ingest_after.get(node, 0) - ingest_before.get(node, 0),
+                after[node].ingest - before[node].ingest,
+                after[node].messages_in - before[node].messages_in >= messages,
             )
             for node, index in sorted(nodes.items(), key=lambda item: item[1])
         ]
@@ -174,6 +193,7 @@ def main() -> None:
         f"{os.cpu_count()} CPUs (shared with the load generator and any other load); "
         f"{args.receivers} receivers + 1 sender on one port; {args.messages} broadcasts"
     )
+    print("worker*: the sender's worker (the others get its broadcasts through Redis)")
     print(
         f"{'workers':>7} {'worker':>6} {'conns':>6} {'deliveries':>10} {'CPU s':>6} "
         f"{'µs/delivery':>11} {'ingest':>7}   {'host deliveries/CPU-s':>21} {'seconds':>7}"
@@ -190,7 +210,8 @@ def main() -> None:
                 for f in figures:
                     delivered = f.connections * args.messages
                     print(
-                        f"{count:>7} {f.index:>6} {f.connections:>6} {delivered:>10,} "
+                        f"{count:>7} {f.index:>5}{'*' if f.sender else ' '} {f.connections:>6} "
+                        f"{delivered:>10,} "
                         f"{f.cpu:>6.2f} {f.cpu / delivered * 1e6:>11.2f} {f.ingest:>7,}   "
                         f"{deliveries / total_cpu:>21,.0f} {seconds:>7.2f}"
                     )
