@@ -177,6 +177,31 @@ class RedisCluster:
                     return node
         raise RuntimeError(f"no replica of {primary.port} ({node_id})")
 
+    def move_slot(self, key: str, target: ClusterNode) -> None:
+        """Move key's slot, with its keys, to the primary target (as resharding does:
+        IMPORTING / MIGRATING, MIGRATE, then SETSLOT NODE on every primary)."""
+        source = self.owner(key)
+        slot = source.cli("CLUSTER", "KEYSLOT", key).strip()
+        source_id = source.cli("CLUSTER", "MYID").strip()
+        target_id = target.cli("CLUSTER", "MYID").strip()
+        target.cli("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.cli("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while True:
+            keys = source.cli("CLUSTER", "GETKEYSINSLOT", slot, "100").split()
+            if not keys:
+                break
+            source.cli("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", *keys)
+        for node in self.nodes:
+            if node.proc is not None and node.info("replication").get("role") == "master":
+                node.cli("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    def primaries(self) -> list[ClusterNode]:
+        return [
+            n
+            for n in self.nodes
+            if n.proc is not None and n.info("replication").get("role") == "master"
+        ]
+
     def wait_replicated(self, primary: ClusterNode, timeout: float = 10.0) -> None:
         """Wait until primary's replica has every write primary has (asynchronous
         replication: a failover right after a write could lose it otherwise)."""

@@ -219,3 +219,37 @@ async def drain_nowait(peer: Peer) -> list[dict[str, Any]]:
             got.append(await peer.recv(timeout=0.01))
     except CheckFailed:
         return got
+
+
+async def test_a_moved_slot_is_followed(
+    server_process: Any, redis_cluster: RedisCluster, peers: list[Peer]
+) -> None:
+    """Resharding moves the slots of two rooms' partitions to another primary: node A, which
+    was subscribed there, is told by ``sunsubscribe`` pushes and follows; node B subscribes
+    to one of them afterwards (answered ``-MOVED`` when its slot map is stale) and gets its
+    messages; the history moved with its keys, so the seqs go on in the same epoch."""
+    kept, joined = "feed-move", "late-room"
+    a, b = start_nodes(server_process, redis_cluster)
+    pub = await open_peer(peers, a, kept, joined)
+    sub = await open_peer(peers, b, kept)
+    await until_delivered(pub, sub, kept, 10)
+    await drain(pub)
+    await pub.send({"type": "broadcast", "room": kept, "message": "before"})
+    first = await sub.recv()
+    await drain(pub)
+    for room in (kept, joined):
+        tag = partition_tag(room)
+        target = next(
+            p for p in redis_cluster.primaries() if p.port != redis_cluster.owner(tag).port
+        )
+        await asyncio.to_thread(redis_cluster.move_slot, tag, target)
+        assert redis_cluster.owner(tag).port == target.port
+    late = await open_peer(peers, b, joined)  # B subscribes with its old slot map
+    await until_delivered(pub, late, joined, 10)
+    await until_delivered(pub, sub, kept, 10)
+    await drain(sub)
+    await pub.send({"type": "broadcast", "room": kept, "message": "after"})
+    after = await sub.recv()
+    assert after["message"] == "after" and after["epoch"] == first["epoch"]
+    assert after["seq"] > first["seq"]
+    assert "lost on" in a.output() and "(sunsubscribe)" in a.output(), a.output()
