@@ -253,3 +253,29 @@ async def test_a_moved_slot_is_followed(
     assert after["message"] == "after" and after["epoch"] == first["epoch"]
     assert after["seq"] > first["seq"]
     assert "lost on" in a.output() and "(sunsubscribe)" in a.output(), a.output()
+
+
+async def test_a_cluster_down_at_start_is_reported_and_joined_later(
+    server_process: Any, tmp_path: Path, peers: list[Peer]
+) -> None:
+    """No node of the cluster answers at start-up: the node serves its own clients and
+    says ``degraded``; once the cluster is up it connects, and rooms cross the nodes."""
+    from test_scaling import wait_json
+
+    cluster = RedisCluster(tmp_path)  # ports chosen, nothing started yet
+    try:
+        a, b = start_nodes(server_process, cluster)
+        body = await wait_json(f"{a.http}/health", lambda j: j["status"] == "degraded")
+        assert body["cluster"]["broker"] == "down"
+        local = await open_peer(peers, a, "lobby")
+        other = await open_peer(peers, a, "lobby")
+        await local.send({"type": "broadcast", "room": "lobby", "message": "alone"})
+        assert (await other.recv())["message"] == "alone"
+        await asyncio.to_thread(cluster.start)
+        for node in (a, b):
+            await wait_json(f"{node.http}/health", lambda j: j["status"] == "ok", timeout=20)
+        far = await open_peer(peers, b, "lobby")
+        await until_delivered(local, far, "lobby", 10)
+        assert "redis broker unreachable" in a.output()
+    finally:
+        cluster.stop()

@@ -149,20 +149,35 @@ async def test_two_workers_share_the_port_and_a_room(
     assert f"with {len(peers)} connection(s) in all" in listing.stdout, listing.stdout
 
 
+@pytest.mark.parametrize("drain", [0.0, 1.5])
 async def test_sigterm_stops_every_worker(
-    tmp_path: Path, redis_server: RedisServer, workers: list[Workers]
+    tmp_path: Path, redis_server: RedisServer, workers: list[Workers], drain: float
 ) -> None:
-    """SIGTERM to the supervisor: the clients of both workers get 1001, every worker exits,
-    then the supervisor, with 0."""
-    w = Workers(tmp_path, redis_config(redis_server))
+    """SIGTERM to the supervisor: the clients of both workers get 1001 (spread over
+    ``shutdown.drain_seconds`` when set), every worker exits, then the supervisor, with 0."""
+    w = Workers(tmp_path, redis_config(redis_server, f"shutdown:\n  drain_seconds: {drain}\n"))
     workers.append(w)
     await w.ready()
     pids = children(w.pid)
     assert len(pids) == 2
     peers = await peers_on_every_node(w, "lobby")
+    while len(peers) < 16:
+        peers.append(await Peer.connect(w.url))
+        w.peers.append(peers[-1])
+    closed_at: list[float] = []
+
+    async def closed(peer: Peer) -> int | None:
+        code = await peer.closed_with(10)
+        closed_at.append(time.monotonic())
+        return code
+
     w.server.proc.send_signal(signal.SIGTERM)
-    codes = await asyncio.gather(*(peer.closed_with(10) for peer in peers))
+    codes = await asyncio.gather(*(closed(peer) for peer in peers))
     assert set(codes) == {1001}
+    if drain:
+        assert max(closed_at) - min(closed_at) > drain / 2, closed_at
+    else:
+        assert max(closed_at) - min(closed_at) < 1.0, closed_at
     await eventually(lambda: w.server.proc.poll() is not None, timeout=15)
     assert w.server.proc.returncode == 0, w.server.output()
     assert not any(alive(pid) for pid in pids)
