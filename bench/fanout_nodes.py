@@ -8,6 +8,14 @@ not a buffer fill.  Everything is bounded (counts and a time limit) and stays on
 
     .venv/bin/python bench/fanout_nodes.py [--receivers 200] [--messages 1000] [--repeat 3]
 
+With ``--spread`` it measures routing instead: ``--nodes`` receiving nodes with ``--rooms`` rooms
+spread over them (room i's members all on node i mod N), one more node sending round robin
+to every room, for each of ``--partitions`` (``1`` is the old design where every node reads
+every room): per receiving node, the cross-node messages it read against those of its own
+rooms, and its CPU per message read.
+
+    .venv/bin/python bench/fanout_nodes.py --spread [--nodes 3] [--rooms 30] [--messages 3000]
+
 Setups: ``1 node, memory`` (the default hub), ``1 node, redis`` (same, publishing to Redis
 too) and ``2 nodes, redis`` (half of the receivers on each node).  The client side runs in
 this one process, so on a small machine it shares the CPU with the servers: compare the
@@ -25,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +43,7 @@ from tornado.websocket import websocket_connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import ServerProcess  # noqa: E402  (the test suite's process helpers)
+from ingest import cpu_ns  # noqa: E402  (every thread's CPU, in ns: finer than /proc/pid/stat)
 from redis_server import RedisServer  # noqa: E402
 
 TIME_LIMIT = 120.0  # seconds for one run, whatever the arguments
@@ -197,12 +207,177 @@ def run_setup(
     return Result(name, nodes, args.receivers, args.messages, seconds, cpu)
 
 
+# ---------------------------------------------------------------- rooms spread over nodes
+def metrics(http: str) -> dict[str, float]:
+    """A node's unlabelled /metrics values."""
+    with urllib.request.urlopen(http + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.partition(" ")
+            out[name] = float(value)
+    return out
+
+
+@dataclass
+class NodeFigures:
+    rooms: int  # rooms whose members are on this node
+    own: int  # cross-node messages sent to those rooms
+    received: int  # cross-node messages the node read from Redis
+    skipped: int  # of those, for rooms it has no member of
+    cpu: float  # CPU seconds meanwhile
+
+    @property
+    def per_message(self) -> float:
+        """CPU µs per cross-node message received (delivery to its members included)."""
+        return self.cpu * 1e6 / max(self.received, 1)
+
+    @property
+    def per_own(self) -> float:
+        """CPU µs per message of its own rooms (what the node is there for)."""
+        return self.cpu * 1e6 / max(self.own, 1)
+
+
+async def spread_once(
+    sender_url: str, nodes: list[ServerProcess], rooms: int, members: int, messages: int
+) -> list[NodeFigures]:
+    """Rooms 0..rooms-1, room i's members on nodes[i % len(nodes)]; one sender on another
+    node, a member of every room, broadcasts messages round robin over the rooms."""
+    counts = [0] * rooms
+    clients = []
+
+    def counter(room: int) -> Callable[[str | bytes | None], None]:
+        def on_message(message: str | bytes | None) -> None:
+            if message is not None:
+                counts[room] += 1
+
+        return on_message
+
+    for i in range(rooms):
+        node = nodes[i % len(nodes)]
+        for _ in range(members):
+            c = await websocket_connect(node.url, on_message_callback=counter(i))
+            c.write_message(json.dumps({"type": "join-room", "room": f"room-{i}"}))
+            clients.append(c)
+    sender = await websocket_connect(sender_url, on_message_callback=lambda _: None)
+    for i in range(rooms):
+        await sender.write_message(json.dumps({"type": "join-room", "room": f"room-{i}"}))
+    # welcome + room-joined each
+    await wait_for(lambda: all(c >= 2 * members for c in counts))
+    base = [c for c in counts]
+    before = [metrics(n.http) for n in nodes]
+    cpu_before = [cpu_ns(n.proc.pid) for n in nodes]
+    deadline = time.monotonic() + TIME_LIMIT
+    for k in range(messages):
+        while k * members - (sum(counts) - sum(base)) >= WINDOW * members:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the receivers fell behind beyond the time limit")
+            await asyncio.sleep(0.0005)
+        room = k % rooms
+        await sender.write_message(
+            json.dumps({"type": "broadcast", "room": f"room-{room}", "message": k})
+        )
+    want = [b + members * len(range(i, messages, rooms)) for i, b in enumerate(base)]
+    await wait_for(lambda: all(c >= w for c, w in zip(counts, want, strict=True)), 60)
+    await asyncio.sleep(0.3)  # the last messages' CPU
+    figures = []
+    for j, node in enumerate(nodes):
+        after = metrics(node.http)
+        mine = [i for i in range(rooms) if i % len(nodes) == j]
+        figures.append(
+            NodeFigures(
+                rooms=len(mine),
+                own=sum(len(range(i, messages, rooms)) for i in mine),
+                received=int(
+                    after["miaws_broker_messages_received_total"]
+                    - before[j]["miaws_broker_messages_received_total"]
+                ),
+                skipped=int(
+                    after.get("miaws_broker_messages_skipped_total", 0)
+                    - before[j].get("miaws_broker_messages_skipped_total", 0)
+                ),
+                cpu=(cpu_ns(node.proc.pid) - cpu_before[j]) / 1e9,
+            )
+        )
+    sender.close()
+    for c in clients:
+        c.close()
+    await asyncio.sleep(0.2)
+    return figures
+
+
+def spread(args: argparse.Namespace) -> None:
+    """--spread: N receiving nodes with the rooms spread over them, per partition count."""
+    print(
+        f"{os.cpu_count()} CPUs; {args.nodes} receiving nodes + 1 sending node; "
+        f"{args.rooms} rooms x {args.members} members; {args.messages} room broadcasts "
+        f"round robin; median of {args.repeat} runs"
+    )
+    print(
+        f"{'partitions':>10} {'node':>5} {'rooms':>6} {'own msgs':>9} {'received':>9} "
+        f"{'skipped':>8} {'received/own':>13} {'CPU s':>7} {'µs/received':>12} {'µs/own msg':>11}"
+    )
+    with tempfile.TemporaryDirectory(prefix="miaws-bench-") as d:
+        tmp = Path(d)
+        for partitions in args.partitions:
+            redis = RedisServer(tmp)
+            redis.start()
+            config = (
+                "server:\n  host: 127.0.0.1\nlogging:\n  level: warning\n"
+                f"limits:\n  max_rooms_per_client: 0\n"
+                f"broker:\n  type: redis\n  url: {redis.url}\n  partitions: {partitions}\n"
+            )
+            servers = [ServerProcess(config, tmp, {"REDIS_URL": ""}) for _ in range(args.nodes + 1)]
+            try:
+                for server in servers:
+                    server.wait_ready()
+                runs = [
+                    asyncio.run(
+                        spread_once(
+                            servers[0].url, servers[1:], args.rooms, args.members, args.messages
+                        )
+                    )
+                    for _ in range(args.repeat)
+                ]
+            finally:
+                for server in servers:
+                    server.stop()
+                redis.stop()
+            for j in range(args.nodes):
+                figs = [run[j] for run in runs]
+                f = figs[0]
+                received = statistics.median(x.received for x in figs)
+                skipped = statistics.median(x.skipped for x in figs)
+                cpu = statistics.median(x.cpu for x in figs)
+                per = statistics.median(x.per_message for x in figs)
+                own = statistics.median(x.per_own for x in figs)
+                print(
+                    f"{partitions:>10} {j + 1:>5} {f.rooms:>6} {f.own:>9} {received:>9.0f} "
+                    f"{skipped:>8.0f} {received / max(f.own, 1):>13.2f} {cpu:>7.2f} "
+                    f"{per:>12.1f} {own:>11.1f}"
+                )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--receivers", type=int, default=200, choices=range(2, 2001), metavar="N")
     p.add_argument("--messages", type=int, default=1000, choices=range(1, 100_001), metavar="M")
     p.add_argument("--repeat", type=int, default=3, choices=range(1, 11), metavar="R")
+    p.add_argument("--spread", action="store_true", help="rooms spread over --nodes nodes")
+    p.add_argument("--nodes", type=int, default=3, choices=range(1, 9), metavar="N")
+    p.add_argument("--rooms", type=int, default=30, choices=range(1, 1001), metavar="R")
+    p.add_argument("--members", type=int, default=2, choices=range(1, 51), metavar="K")
+    p.add_argument(
+        "--partitions",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1024, 1],
+        help="comma-separated broker.partitions to compare (1: every node reads every room)",
+    )
     args = p.parse_args()
+    if args.spread:
+        spread(args)
+        return
     with tempfile.TemporaryDirectory(prefix="miaws-bench-") as d:
         tmp = Path(d)
         redis = RedisServer(tmp)

@@ -6,10 +6,13 @@ another node would, and reads the node process's CPU time (all its threads, from
 ``/proc/<pid>/task/*/schedstat``, nanoseconds) before and after.  The node's idle CPU over
 the same wall time is subtracted.  Two cases:
 
-- ``namespace``: messages to a namespace with no client on the node (``/nobody``): the node
-  reads, parses and drops each one: the pure cost of ingest;
-- ``rooms without a local member``: messages to 64 rooms this node has no member of; while
-  every node receives every room's traffic (one channel) it costs the same as the first.
+- ``namespace``: messages to a namespace with no client on the node (``/nobody``), on the
+  broadcast channel every node reads: the node reads, parses and drops each one: the pure
+  cost of ingest;
+- ``rooms sharing a partition``: messages to 64 rooms this node has no member of, all in the
+  partition of a room it has one member in (held by this script): read and skipped;
+- ``rooms of other partitions``: messages to 64 rooms of partitions this node has no member
+  in: with interest-based routing (#17) Redis does not send them to it at all.
 
     .venv/bin/python bench/ingest.py [--messages 50000] [--repeat 3]
 
@@ -19,12 +22,17 @@ Everything is bounded (counts and a time limit) and stays on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import base64
+import itertools
 import json
+import os
+import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
@@ -33,6 +41,7 @@ from helpers import ServerProcess  # noqa: E402  (the test suite's process helpe
 from redis_server import RedisServer  # noqa: E402
 
 from miaws.broker.redis import wire_message  # noqa: E402
+from miaws.broker.redis_keys import RedisKeys  # noqa: E402
 
 TIME_LIMIT = 60.0  # seconds for one case, whatever the arguments
 BATCH = 1000  # PUBLISH commands per pipeline
@@ -68,8 +77,32 @@ def received(node: ServerProcess) -> int:
     return -1
 
 
-def measure(node: ServerProcess, r: redis.Redis, messages: list[tuple[str, bytes]]) -> float:
-    """CPU µs per message the node spent on messages (idle CPU subtracted)."""
+def hold_member(url: str, room: str) -> socket.socket:
+    """A raw WebSocket client of url, a member of room (one masked text frame)."""
+    parts = urlsplit(url)
+    s = socket.create_connection((parts.hostname, parts.port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(
+        f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    payload = json.dumps({"type": "join-room", "room": room}).encode()
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    s.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    time.sleep(0.5)  # joined and subscribed
+    return s
+
+
+def measure(
+    node: ServerProcess, r: redis.Redis, messages: list[tuple[str, bytes]], expect: bool = True
+) -> tuple[float, int]:
+    """(CPU µs per message the node spent on messages, idle CPU subtracted; the messages it
+    read).  expect: wait until it has read them all (else a fixed second)."""
     pid = node.proc.pid
     # idle baseline
     t0, c0 = time.monotonic(), cpu_ns(pid)
@@ -79,9 +112,11 @@ def measure(node: ServerProcess, r: redis.Redis, messages: list[tuple[str, bytes
     t0, c0 = time.monotonic(), cpu_ns(pid)
     publish(r, messages)
     deadline = time.monotonic() + TIME_LIMIT
-    if before >= 0:  # wait until the node has read them all
+    if before >= 0 and expect:  # wait until the node has read them all
         while received(node) < before + len(messages) and time.monotonic() < deadline:
             time.sleep(0.05)
+    elif not expect:
+        time.sleep(1.0)
     # and until its CPU settles (the metric is read before the last delivery ends)
     last = cpu_ns(pid)
     while time.monotonic() < deadline:
@@ -92,7 +127,7 @@ def measure(node: ServerProcess, r: redis.Redis, messages: list[tuple[str, bytes
         last = now
     elapsed = time.monotonic() - t0
     spent = cpu_ns(pid) - c0 - idle_rate * elapsed
-    return spent / 1000 / len(messages)
+    return spent / 1000 / len(messages), received(node) - before
 
 
 def main() -> None:
@@ -109,6 +144,7 @@ def main() -> None:
         config = (
             "server:\n  host: 127.0.0.1\n"
             f"broker:\n  type: redis\n  url: {server.url}\n  heartbeat: 5\n"
+            "heartbeat:\n  interval: 0\n"
         )
         node = ServerProcess(config, work, env={"REDIS_URL": ""})
         try:
@@ -117,21 +153,43 @@ def main() -> None:
             r = redis.Redis.from_url(server.url)
             text = "x" * args.size
             payload = json.dumps({"type": "message", "message": text}).encode()
+            keys = RedisKeys()
+            anchor = "anchor"
+            member = hold_member(node.url, anchor)
+            p = keys.partition(anchor)
+            names = (f"room-{i}" for i in itertools.count())
+            shared = list(itertools.islice((n for n in names if keys.partition(n) == p), 64))
+            names = (f"room-{i}" for i in itertools.count())
+            others = list(itertools.islice((n for n in names if keys.partition(n) != p), 64))
             cases = {
-                "namespace, no client": [wire_message("bench-sender", None, "/nobody", payload)],
-                "rooms without a local member": [
-                    wire_message("bench-sender", f"other-{i}", None, payload) for i in range(64)
-                ],
+                "namespace, no client": (
+                    [wire_message("bench-sender", None, "/nobody", payload)],
+                    True,
+                ),
+                "rooms sharing a partition": (
+                    [wire_message("bench-sender", room, None, payload) for room in shared],
+                    True,
+                ),
+                "rooms of other partitions": (
+                    [wire_message("bench-sender", room, None, payload) for room in others],
+                    False,
+                ),
             }
             print(f"{args.messages} messages of {len(payload)} bytes, {args.repeat} runs each")
-            print(f"{'case':<32} {'CPU µs/message (median)':>24} {'runs':>24}")
-            for name, templates in cases.items():
+            print(f"{'case':<28} {'read':>8} {'CPU µs/message (median)':>24} {'runs':>24}")
+            for name, (templates, expect) in cases.items():
                 batch = [templates[i % len(templates)] for i in range(args.messages)]
-                runs = []
+                runs, reads = [], []
                 for _ in range(args.repeat):
-                    runs.append(measure(node, r, batch))
+                    cpu, read = measure(node, r, batch, expect)
+                    runs.append(cpu)
+                    reads.append(read)
                 figures = " ".join(f"{x:.2f}" for x in runs)
-                print(f"{name:<32} {statistics.median(runs):>24.2f} {figures:>24}")
+                print(
+                    f"{name:<28} {statistics.median(reads):>8.0f} "
+                    f"{statistics.median(runs):>24.2f} {figures:>24}"
+                )
+            member.close()
         finally:
             node.stop()
             server.stop()

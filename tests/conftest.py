@@ -19,7 +19,7 @@ from helpers import ServerProcess
 from rawws import RawWS
 from redis_server import RedisServer
 
-from miaws.cli.check import Peer
+from miaws.cli.check import Peer, expect_type
 from miaws.config import Settings, build_settings
 from miaws.server import Server
 from miaws.service import Service
@@ -92,6 +92,24 @@ def ws_connect(ws_url: str) -> Iterator[Connect]:
 
     yield connect
     for peer in peers:
+        peer.close()
+
+
+@pytest.fixture
+def connect() -> Iterator[Connect]:
+    """``await connect(node, *rooms)``: a Peer on that :class:`ServerProcess` node, in those
+    rooms; closed at teardown."""
+    opened: list[Peer] = []
+
+    async def open_peer(node: ServerProcess, *rooms: str) -> Peer:
+        peer = await Peer.connect(node.url)
+        opened.append(peer)
+        for room in rooms:
+            expect_type(await peer.request({"type": "join-room", "room": room}), "room-joined")
+        return peer
+
+    yield open_peer
+    for peer in opened:
         peer.close()
 
 

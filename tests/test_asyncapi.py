@@ -61,6 +61,7 @@ async def test_asyncapi_document_is_valid_and_lists_every_type(port: int) -> Non
         "reply.room-left",
         "server.welcome",
         "server.error",
+        "server.gap",
     }
     since = messages["join-room"]["payload"]["properties"]["since"]
     assert since["required"] == ["epoch", "seq"]
@@ -82,6 +83,7 @@ async def test_asyncapi_follows_the_enabled_plugins(port: int) -> None:
         "reply.pong",
         "server.welcome",
         "server.error",
+        "server.gap",
     }
 
 
@@ -119,4 +121,5 @@ def test_cli_prints_the_same_document(tmp_path: Path) -> None:
         "reply.echo",
         "server.welcome",
         "server.error",
+        "server.gap",
     }

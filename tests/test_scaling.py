@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -54,24 +54,7 @@ async def wait_json(url: str, predicate: Callable[[Any], bool], timeout: float =
     return last[0]
 
 
-Connect = Callable[..., Awaitable[Peer]]
-
-
-@pytest.fixture
-def connect() -> Iterator[Connect]:
-    """``await connect(node, *rooms)``: a Peer on that node, in those rooms; closed at teardown."""
-    opened: list[Peer] = []
-
-    async def open_peer(node: ServerProcess, *rooms: str) -> Peer:
-        peer = await Peer.connect(node.url)
-        opened.append(peer)
-        for room in rooms:
-            expect_type(await peer.request({"type": "join-room", "room": room}), "room-joined")
-        return peer
-
-    yield open_peer
-    for peer in opened:
-        peer.close()
+Connect = Callable[..., Awaitable[Peer]]  # the ``connect`` fixture (conftest.py)
 
 
 async def test_room_broadcast_reaches_members_on_every_node(

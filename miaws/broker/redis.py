@@ -51,9 +51,11 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from miaws.broker.base import Broker, BrokerCounters, ClusterView, NodeCounts, no_history
 from miaws.broker.bus import Bus, BusErrors, Call, Publish
@@ -168,7 +170,9 @@ class RedisBroker(Broker):
         self._probe_missing: set[bytes] = set()
         self._probe_back: asyncio.Event | None = None
         self._probe_ok = True
-        self.shared = RedisHistory(history_rules, bus, self.keys) if history_rules else None
+        self.shared = (
+            RedisHistory(history_rules, bus, self.keys, registry.members) if history_rules else None
+        )
         self.interest = Interest(self.keys, bus, unsubscribe_delay, self._released)
         registry.watch(self)
         # (channel, bytes): a PUBLISH as is; (room, JSON): a message to stamp and keep first
@@ -179,6 +183,7 @@ class RedisBroker(Broker):
         self._subscribed = False
         self._up = False
         self._outage_since: float | None = None
+        self._connected_logged = False
         self._dropped_at_outage = 0
         self._full_logged_at = 0.0
 
@@ -273,9 +278,19 @@ class RedisBroker(Broker):
             except BrokerErrors as exc:
                 self.dropped += len(batch)
                 self._set_down(exc)
+                if not isinstance(exc, (RedisTimeoutError, TimeoutError)):
+                    self._deliver_unstamped(batch)  # not done: as if Redis had been down
             finally:
                 for _ in batch:
                     self._outbox.task_done()
+
+    def _deliver_unstamped(self, batch: list[tuple[str, bytes]]) -> None:
+        """The history-room messages of a batch Redis refused, to this node's members only,
+        unstamped (a batch that timed out may have been done: then they come back stamped)."""
+        for channel, data in batch:
+            if not channel:
+                room, _, text = data.partition(b"\n")
+                self._registry.send_to_room(room.decode(), RemoteEncoded(text))
 
     # ------------------------------------------------------------ receiving (BusListener)
     def bus_message(self, channel: bytes, data: bytes) -> None:
@@ -330,30 +345,29 @@ class RedisBroker(Broker):
         if again:
             self.reconnects += 1
         self._probe_ok = True
-        self._tasks.append(asyncio.create_task(self._resumed(again)))
+        if again and self.shared is not None:  # held from now on, read from the streams
+            for key in self._registry.rooms():
+                if self.shared.covers(key):
+                    self.shared.backfill(key)
+        self._tasks.append(asyncio.create_task(self._resumed()))
 
-    async def _resumed(self, again: bool) -> None:
-        """After (re)subscribing: write the counts, then backfill the history rooms."""
+    async def _resumed(self) -> None:
+        """After (re)subscribing: write the counts."""
         try:
             await self._write_counts()
         except BrokerErrors as exc:
             self._set_down(exc)
         else:
             self._set_up()
-        if again and self.shared is not None:
-            shared = self.shared
-            rooms = [k for k in self._registry.rooms() if shared.covers(k)]
-            await asyncio.gather(*(shared.backfill(k, self._members(k)) for k in rooms))
         task = asyncio.current_task()
         if task in self._tasks:
             self._tasks.remove(task)
 
-    def _members(self, key: str) -> Callable[[], list[Client]]:
-        return lambda: self._registry.members(key)
-
     def bus_down(self, error: BaseException) -> None:
+        """This node's subscription is lost; publishing goes on while commands work (the
+        history rooms' messages then reach this node's members by the backfill)."""
         self._subscribed = False
-        self._set_down(error)
+        self._outage(error)
 
     # ------------------------------------------------------------ the probe
     async def _prober(self) -> None:
@@ -440,13 +454,26 @@ class RedisBroker(Broker):
                 self._set_up()
 
     def _set_up(self) -> None:
-        if self._up or not self._subscribed:
-            return
+        """A command worked: publishing goes on (and the outage ends if subscribed too)."""
         self._up = True
+        self._recovered()
+
+    def _set_down(self, exc: BaseException) -> None:
+        """A command failed: cross-node messages are dropped until one works again."""
+        self._up = False
+        self._outage(exc)
+
+    def _recovered(self) -> None:
+        if not (self._up and self._subscribed):
+            return
+        if not self._connected_logged:
+            self._connected_logged = True
+            if self._outage_since is None:
+                log.info(
+                    "redis broker connected at %s; this is node %s", redact(self.url), self.node_id
+                )
+                return
         if self._outage_since is None:
-            log.info(
-                "redis broker connected at %s; this is node %s", redact(self.url), self.node_id
-            )
             return
         log.warning(
             "redis broker reachable again after %.1f s; cross-node broadcasts resumed "
@@ -456,8 +483,7 @@ class RedisBroker(Broker):
         )
         self._outage_since = None
 
-    def _set_down(self, exc: BaseException) -> None:
-        self._up = False
+    def _outage(self, exc: BaseException) -> None:
         if self._outage_since is not None:
             return  # logged once per outage
         self._outage_since = time.monotonic()

@@ -37,12 +37,14 @@ import asyncio
 import contextlib
 import json
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from miaws.broker.bus import Bus, BusErrors, Call
 from miaws.broker.redis_keys import RedisKeys
 from miaws.broker.remote import RemoteEncoded
+from miaws.core.clock import iso_timestamp
 from miaws.core.history import HistoryRoom, Joined, Position, Rules
 from miaws.core.model import Client, Encoded
 from miaws.core.rooms import split_key
@@ -97,8 +99,15 @@ return {epoch, seq, entries, now[1], now[2]}
 class RedisHistory:
     """The room history of a :class:`~miaws.broker.redis.RedisBroker`, shared by its nodes."""
 
-    def __init__(self, rules: Sequence[HistoryRoom], bus: Bus, keys: RedisKeys) -> None:
+    def __init__(
+        self,
+        rules: Sequence[HistoryRoom],
+        bus: Bus,
+        keys: RedisKeys,
+        members: Callable[[str], list[Client]],
+    ) -> None:
         self.rules = Rules(rules)
+        self.members = members  # a room's local members now
         self.bus = bus
         self.keys = keys
         self._append = bus.script(APPEND)
@@ -109,6 +118,7 @@ class RedisHistory:
         self._waiters: dict[str, list[tuple[str, int, asyncio.Future[None]]]] = {}
         # room -> live messages that came while its backfill reads the stream
         self._backfilling: dict[str, list[tuple[str, int, Encoded]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.gaps = 0  # gap messages sent (one per room and loss)
         self.lost = 0  # messages known lost to this node's members (a gap's extent)
         self.duplicates = 0  # messages received twice (backfill and live overlapping)
@@ -135,12 +145,17 @@ class RedisHistory:
     def deliver(
         self, room: str, epoch: str, seq: int, message: Encoded, targets: list[Client]
     ) -> None:
-        """Deliver a stamped message that came back from pub/sub (holding it for joiners);
-        a duplicate of one delivered already is dropped."""
+        """Deliver a stamped message that came back from pub/sub (holding it for joiners).
+
+        A duplicate of one delivered already is dropped; one that does not follow the last
+        delivered (this node missed some, or the epoch changed) starts a backfill first."""
         seen = self._seen.get(room)
-        if seen is not None and seen[0] == epoch and seq <= seen[1]:
-            self.duplicates += 1
-            return
+        if seen is not None:
+            if seen[0] == epoch and seq <= seen[1]:
+                self.duplicates += 1
+                return
+            if (seen[0] != epoch or seq != seen[1] + 1) and room not in self._backfilling:
+                self.backfill(room)
         pending = self._backfilling.get(room)
         if pending is not None:
             pending.append((epoch, seq, message))
@@ -169,14 +184,19 @@ class RedisHistory:
         self._seen.pop(room, None)
 
     # ------------------------------------------------------------ after a lost subscription
-    async def backfill(self, room: str, members: Callable[[], list[Client]]) -> None:
+    def backfill(self, room: str) -> None:
         """Deliver what this node missed of room since the last message it delivered, then
-        what came live meanwhile; a ``gap`` first where the stream cannot cover it."""
+        what comes live meanwhile (held from now on); a ``gap`` first where the stream
+        cannot cover it."""
         seen = self._seen.get(room)
         if seen is None or room in self._backfilling:
             return  # nothing delivered yet (a join is reading the position), or under way
-        pending: list[tuple[str, int, Encoded]] = []
-        self._backfilling[room] = pending
+        self._backfilling[room] = []
+        task = asyncio.create_task(self._backfill(room, seen))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _backfill(self, room: str, seen: tuple[str, int]) -> None:
         try:
             rule = self.rules.rule(room)
             assert rule is not None
@@ -187,13 +207,16 @@ class RedisHistory:
             if epoch != seen[0]:  # Redis lost the history: the new epoch from its start
                 reply = await self.bus.run(self._read, keys, [*args, epoch, 0])
                 start = 0
-            self._catch_up(room, seen, epoch, start, int(reply[1]), reply[2], members)
+            self._catch_up(room, seen, epoch, start, int(reply[1]), reply[2])
         except BusErrors:
             pass  # the subscription goes down too, and the next one backfills again
         finally:
-            del self._backfilling[room]
+            pending = self._backfilling.pop(room)
             for p_epoch, p_seq, message in pending:
-                self.deliver(room, p_epoch, p_seq, message, members())
+                if room in self._backfilling:  # a jump among them started another
+                    self._backfilling[room].append((p_epoch, p_seq, message))
+                else:
+                    self.deliver(room, p_epoch, p_seq, message, self.members(room))
 
     def _catch_up(
         self,
@@ -203,23 +226,32 @@ class RedisHistory:
         start: int,
         seq: int,
         entries: list[Any],
-        members: Callable[[], list[Client]],
     ) -> None:
         messages = [(int(eid.split(b"-")[0]), _field(raw, b"m")) for eid, raw in entries]
         first = messages[0][0] if messages else seq + 1
         if epoch != seen[0] or first != start + 1:
             lost_to = first - 1
             self.gaps += 1
-            self.lost += max(0, lost_to - start) + (1 if epoch != seen[0] else 0)
+            self.lost += max(0, lost_to - start)  # known lost (an older epoch: unknown)
             _, name = split_key(room)
-            gap = Encoded({"type": "gap", "room": name, "epoch": epoch, "seq": lost_to})
-            for client in members():
+            gap = Encoded(
+                {
+                    "type": "gap",
+                    "room": name,
+                    "epoch": epoch,
+                    "seq": lost_to,
+                    "timestamp": iso_timestamp(time.time()),
+                }
+            )
+            for client in self.members(room):
                 if client not in self.held.get(room, {}):
                     client.deliver(gap)
             self._seen[room] = (epoch, lost_to)
+            start = lost_to
         for m_seq, text in messages:
-            if m_seq > self._seen[room][1]:
-                self._deliver(room, epoch, m_seq, RemoteEncoded(text), members())
+            if m_seq > start:
+                self._deliver(room, epoch, m_seq, RemoteEncoded(text), self.members(room))
+                start = m_seq
 
     # ------------------------------------------------------------ joining
     def join(

@@ -51,6 +51,24 @@ SERVER_MESSAGES: dict[str, dict[str, Any]] = {
             "required": ["type", "code", "message", "timestamp"],
         },
     },
+    "gap": {
+        "summary": (
+            "To the members of a room with history (Redis broker): messages before this "
+            "position may have been lost for you; the messages after seq follow "
+            "(docs/recovery.md)."
+        ),
+        "payload": {
+            "type": "object",
+            "properties": {
+                "type": {"const": "gap"},
+                "room": {"type": "string"},
+                "epoch": {"type": "string"},
+                "seq": {"type": "integer", "minimum": 0},
+                "timestamp": {"type": "string", "format": "date-time"},
+            },
+            "required": ["type", "room", "epoch", "seq"],
+        },
+    },
 }
 
 ENVELOPE = (
