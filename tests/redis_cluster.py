@@ -63,7 +63,7 @@ class ClusterNode:
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
         args += ["--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no"]
-        args += ["--dir", str(self.workdir)]
+        args += ["--dir", str(self.workdir), "--enable-debug-command", "local"]
         with self.log_path.open("a") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
 

@@ -191,7 +191,7 @@ async def test_failover_of_the_rooms_primary(
         await asyncio.sleep(0.05)
     got += await drain(sub)
     if fault == "sleep":
-        await sleeping
+        assert (await sleeping).strip() == "OK"  # it did sleep (DEBUG is enabled locally)
     assert resumed is not None and resumed < 15, f"delivery did not resume: {got}"
     messages = [m for m in got if m["type"] == "broadcast"]
     gaps = [m for m in got if m["type"] == "gap"]
