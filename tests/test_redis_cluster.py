@@ -120,6 +120,9 @@ async def test_room_broadcast_and_history_recovery_across_nodes(
     assert seqs == list(range(seqs[0], seqs[0] + 10)) and {m["epoch"] for m in got} == {
         start["epoch"]
     }
+    for primary in redis_cluster.primaries():  # every shard connection is probed
+        probes = primary.cli("PUBSUB", "SHARDCHANNELS", "{miaws:node:*").split()
+        assert len(probes) >= 2, (primary.port, probes)  # a probe channel of each node
     late = await open_peer(peers, a)
     since = {"epoch": start["epoch"], "seq": seqs[4]}
     reply = await late.request({"type": "join-room", "room": "feed", "since": since})

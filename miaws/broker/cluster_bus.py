@@ -43,7 +43,9 @@ __all__ = ["ClusterBus"]
 log = logging.getLogger("miaws.broker")
 
 RETRY_FIRST = 0.05  # seconds before the first repair after a topology change
-PROBE_NAMES = 10_000  # suffixes tried to find a probe channel on every shard
+PROBE_NAMES = 10_000  # suffixes tried to find the probe channels
+PROBE_SPREAD = 16  # probe channels, one in each 1/16 of the slot space
+SLOTS = 16384
 
 
 def node_url(url: str, host: str, port: int) -> str:
@@ -137,18 +139,19 @@ class ClusterBus(Bus):
                     self._conns[where].sunsubscribe(slot_names)
 
     def probe_channels(self, name: str) -> list[str]:
-        """One channel per primary (name with a suffix inside its hash tag, chosen so that
-        every primary owns one), so that every shard connection is probed."""
-        primaries = {f"{n.host}:{n.port}" for n in self._redis.get_primaries()}
-        found: dict[str, str] = {}
+        """:data:`PROBE_SPREAD` channels (name with a suffix inside its hash tag), whose slots
+        lie in as many even parts of the slot space, so that every primary of a cluster of up
+        to that many shards with even slot ranges (``redis-cli --cluster create``) owns one
+        and every shard connection is probed.  Chosen without the slot map (the broker asks
+        before the bus has started), so a failover or a resharding leaves them valid."""
         stem = name[:-1] if name.endswith("}") else "{" + name
+        found: dict[int, str] = {}
         for k in range(PROBE_NAMES):
-            if len(found) == len(primaries):
-                break
             channel = f"{stem}:s{k}}}"
-            owner = self._owner(channel)
-            found.setdefault(owner, channel)
-        return sorted(found.values()) or [name]
+            found.setdefault(self._redis.keyslot(channel) * PROBE_SPREAD // SLOTS, channel)
+            if len(found) == PROBE_SPREAD:
+                break
+        return [found[part] for part in sorted(found)]
 
     @property
     def subscribed(self) -> bool:
