@@ -180,6 +180,7 @@ class RedisBroker(Broker):
         self._out_n: dict[str, int] = {}  # channel -> this node's messages sent on it
         self._in_n: dict[bytes, dict[bytes, int]] = {}  # channel -> sender -> last n
         self._tasks: list[asyncio.Task[None]] = []
+        self._resuming: asyncio.Task[None] | None = None  # the last _resumed()
         self._subscribed = False
         self._up = False
         self._outage_since: float | None = None
@@ -349,7 +350,8 @@ class RedisBroker(Broker):
             for key in self._registry.rooms():
                 if self.shared.covers(key):
                     self.shared.backfill(key)
-        self._tasks.append(asyncio.create_task(self._resumed()))
+        self._resuming = asyncio.create_task(self._resumed())
+        self._tasks.append(self._resuming)
 
     async def _resumed(self) -> None:
         """After (re)subscribing: write the counts."""
@@ -550,13 +552,10 @@ class RedisBroker(Broker):
             asyncio.create_task(self._heartbeat(), name="miaws-redis-heartbeat"),
             asyncio.create_task(self._prober(), name="miaws-redis-probe"),
         ]
-        if self._subscribed and not self._up:  # the counts are being written: wait for them
+        resuming = self._resuming
+        if resuming is not None and not resuming.done():  # the counts are being written
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._up_event(), READY_WAIT)
-
-    async def _up_event(self) -> None:
-        while not self._up and self._subscribed:
-            await asyncio.sleep(0.01)
+                await asyncio.wait_for(asyncio.shield(resuming), READY_WAIT)
 
     async def close(self) -> None:
         """Publish what is queued (up to 1 s), leave the cluster view, close the connections."""
