@@ -32,6 +32,7 @@ __all__ = [
     "ProxyType",
     "load_settings",
     "settings_table",
+    "check_workers",
     "BUILTIN_PLUGINS",
 ]
 
@@ -72,6 +73,12 @@ class ServerSettings:
         30.0,
         "Seconds an HTTP request has, after its head, to send its whole body; later: closed.",
         expect="a positive number of seconds",
+    )
+    workers: int = setting(
+        1,
+        "Processes serving server.port together (SO_REUSEPORT), each a node of the cluster; "
+        "above 1 needs broker.type redis or redis-cluster.",
+        expect="a whole number of processes, at least 1",
     )
 
 
@@ -280,14 +287,16 @@ class ConsoleSettings:
 
 @dataclass(frozen=True)
 class BrokerSettings:
-    type: Literal["memory", "redis"] = setting(
+    type: Literal["memory", "redis", "redis-cluster"] = setting(
         "memory",
-        "memory: one process; redis: several nodes sharing broadcasts through Redis pub/sub.",
-        expect="one of memory, redis",
+        "memory: one process; redis: several nodes sharing broadcasts through Redis pub/sub; "
+        "redis-cluster: the same on a Redis Cluster (sharded pub/sub, Redis 7+).",
+        expect="one of memory, redis, redis-cluster",
     )
     url: str = setting(
         "redis://127.0.0.1:6379/0",
-        "Redis URL (redis://, rediss:// or unix://) when broker.type is redis.",
+        "Redis URL (redis://, rediss:// or unix://) when broker.type is redis; with "
+        "redis-cluster, any one node of the cluster (redis:// or rediss://).",
         env="REDIS_URL",
         expect="a redis://, rediss:// or unix:// URL",
     )
@@ -582,6 +591,7 @@ def _validate(s: Settings) -> None:
             f"{src}: server.ws_path has value {s.server.ws_path!r}; expected a URL "
             "path starting with '/'"
         )
+    check_workers(s, "server.workers", s.server.workers)
     for key in ("header_timeout", "idle_timeout", "body_timeout"):
         value = getattr(s.server, key)
         if not value > 0:
@@ -731,11 +741,28 @@ def _validate_compression(src: str, c: CompressionSettings) -> None:
         )
 
 
+def check_workers(s: Settings, name: str, workers: int) -> None:
+    """``server.workers`` (or ``--workers``, name says which) fits: at least 1, and 1 on
+    the memory broker, whose rooms do not reach past one process."""
+    where = f"{s.source}: {name}" if name.startswith("server.") else name
+    if workers < 1:
+        raise ConfigError(
+            f"{where} has value {workers}; expected a whole number of processes, at least 1"
+        )
+    if workers > 1 and s.broker.type == "memory":
+        raise ConfigError(
+            f"{where} has value {workers}; expected 1 with broker.type memory (workers are "
+            "separate nodes and share rooms only through broker.type redis or redis-cluster)"
+        )
+
+
 def _validate_broker(src: str, b: BrokerSettings) -> None:
     if not b.url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
             f"{src}: broker.url has value {b.url!r}; expected a redis://, rediss:// or unix:// URL"
         )
+    if b.type == "redis-cluster":
+        _validate_cluster_url(src, b.url)
     if re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", b.channel_prefix) is None:
         raise ConfigError(
             f"{src}: broker.channel_prefix has value {b.channel_prefix!r}; expected 1 to 64 "
@@ -760,6 +787,19 @@ def _validate_broker(src: str, b: BrokerSettings) -> None:
         raise ConfigError(
             f"{src}: broker.unsubscribe_delay has value {b.unsubscribe_delay:g}; expected a "
             "number of seconds, 0 or more"
+        )
+
+
+def _validate_cluster_url(src: str, url: str) -> None:
+    """A Redis Cluster is reached over TCP and has database 0 only."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "unix" or parts.path.strip("/") not in ("", "0"):
+        shown = url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url
+        raise ConfigError(
+            f"{src}: broker.url has value {shown!r}; expected a redis:// or rediss:// URL of one "
+            "node of the cluster, without a database other than 0 (broker.type redis-cluster)"
         )
 
 

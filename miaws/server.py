@@ -45,8 +45,10 @@ class Server:
         config_path: Path | None = None,
         port_override: int | None = None,
         clock: Clock | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port  # a worker of ``--workers``: the port is shared
         self.config_path = config_path
         self.port_override = port_override
         self.clock = clock
@@ -71,7 +73,9 @@ class Server:
         self.http = make_server(self.app, service)
         if sockets is None:
             s = self.settings.server
-            sockets = tornado.netutil.bind_sockets(s.port, address=s.host, backlog=BACKLOG)
+            sockets = tornado.netutil.bind_sockets(
+                s.port, address=s.host, backlog=BACKLOG, reuse_port=self.reuse_port
+            )
         accept.add_sockets(self.http, sockets, service.stats)
 
     def reload(self) -> ReloadResult:

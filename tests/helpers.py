@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +59,15 @@ def free_port() -> int:
 class ServerProcess:
     """``miaws serve`` in a subprocess on a free 127.0.0.1 port, for CLI and signal tests."""
 
-    def __init__(self, config_text: str | None, tmp_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        config_text: str | None,
+        tmp_path: Path,
+        env: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+    ):
         self.port = free_port()
-        args = [sys.executable, "-m", "miaws", "serve", "--port", str(self.port)]
+        args = [sys.executable, "-m", "miaws", "serve", "--port", str(self.port), *extra_args]
         cfg = tmp_path / f"config-{self.port}.yaml"
         cfg.write_text(config_text or "server:\n  host: 127.0.0.1\n")
         args += ["--config", str(cfg)]

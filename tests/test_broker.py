@@ -17,7 +17,10 @@ from miaws.transport.frames import text_frame
 @pytest.mark.parametrize(
     ("broker", "message"),
     [
-        ({"type": "kafka"}, "test: broker.type has value 'kafka'; expected one of memory, redis"),
+        (
+            {"type": "kafka"},
+            "test: broker.type has value 'kafka'; expected one of memory, redis, redis-cluster",
+        ),
         (
             {"url": "http://r:6379"},
             "test: broker.url has value 'http://r:6379'; expected a redis://, rediss:// or "

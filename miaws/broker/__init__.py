@@ -2,7 +2,7 @@
 (:class:`~miaws.broker.base.Broker`), its memory and Redis implementations, and
 :func:`make_broker`, which chooses one.  Nothing outside this package knows which one runs.
 
-redis-py is imported only when ``broker.type`` is ``redis``.
+redis-py is imported only when ``broker.type`` is ``redis`` or ``redis-cluster``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def make_broker(settings: Settings, registry: LocalRegistry | None = None) -> Br
 
     Raises :class:`~miaws.core.errors.ConfigError` for an unusable ``broker.url``."""
     registry = registry if registry is not None else LocalRegistry()
-    if settings.broker.type == "redis":
+    if settings.broker.type in ("redis", "redis-cluster"):
         from miaws.broker.redis import RedisBroker
 
         return RedisBroker.from_settings(settings, registry)  # history in Redis: shared

@@ -57,12 +57,13 @@ from collections.abc import Awaitable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 __all__ = ["Bus", "BusErrors", "BusListener", "Call", "Publish"]
 
-BusErrors = (RedisError, OSError)
-"""What a bus command raises when Redis could not be reached or refused."""
+BusErrors = (RedisError, RedisClusterException, OSError)
+"""What a bus command raises when Redis could not be reached or refused (RedisClusterException:
+redis-py's cluster client when no node answers or a slot has no primary)."""
 
 
 @dataclass(frozen=True, slots=True)

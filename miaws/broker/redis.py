@@ -124,9 +124,13 @@ def wire_message(
 
 def make_bus(settings: Settings) -> Bus:
     """The bus ``broker.type`` asks for."""
+    b = settings.broker
+    if b.type == "redis-cluster":
+        from miaws.broker.cluster_bus import ClusterBus
+
+        return ClusterBus(b.url, timeout=SOCKET_TIMEOUT, retry_max=b.heartbeat)
     from miaws.broker.redis_bus import ServerBus
 
-    b = settings.broker
     return ServerBus(b.url, timeout=SOCKET_TIMEOUT, retry_max=b.heartbeat)
 
 

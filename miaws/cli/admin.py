@@ -15,7 +15,15 @@ from typing import Any
 
 from miaws.core.errors import MiawsError
 
-__all__ = ["AdminError", "base_url", "fetch", "table", "clients_table", "rooms_table"]
+__all__ = [
+    "AdminError",
+    "base_url",
+    "fetch",
+    "table",
+    "clients_table",
+    "node_line",
+    "rooms_table",
+]
 
 
 class AdminError(MiawsError):
@@ -75,6 +83,21 @@ def clients_table(clients: list[dict[str, Any]]) -> str:
         for c in clients
     ]
     return f"{table(headers, rows)}\n{len(clients)} client(s)"
+
+
+def node_line(health: dict[str, Any]) -> str | None:
+    """Which node answered, out of how many (``/health``'s cluster view), or None on one
+    process.  Behind one address (a load balancer, or ``--workers`` on one port) each
+    request reaches one node, so the table lists that node's clients only."""
+    cluster = health.get("cluster")
+    if not isinstance(cluster, dict) or "nodes" not in cluster:
+        return None
+    per_node = cluster.get("perNode", {})
+    counts = ", ".join(f"{node} {c.get('connections', 0)}" for node, c in per_node.items())
+    return (
+        f"node {cluster.get('node')}, one of {cluster['nodes']} node(s) with "
+        f"{cluster.get('connections', 0)} connection(s) in all ({counts})"
+    )
 
 
 def rooms_table(rooms: dict[str, int]) -> str:

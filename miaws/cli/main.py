@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -48,33 +49,59 @@ def setup_logging(settings: Settings) -> None:
 
 
 async def serve(
-    settings: Settings, path: Path | None = None, port_override: int | None = None
+    settings: Settings,
+    path: Path | None = None,
+    port_override: int | None = None,
+    worker: tuple[int, int] | None = None,
 ) -> None:
-    """Run one node until SIGTERM or SIGINT (SIGHUP reloads the config)."""
+    """Run one node until SIGTERM or SIGINT (SIGHUP reloads the config).  A worker (index,
+    count) of ``--workers`` shares the port (SO_REUSEPORT) and stops when its supervisor
+    is gone."""
+    from miaws.cli.workers import watch_supervisor
     from miaws.server import Server
 
-    server = Server(settings, config_path=path, port_override=port_override)
+    server = Server(
+        settings, config_path=path, port_override=port_override, reuse_port=worker is not None
+    )
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
+    if _early_hup:
+        server.reload()
+    watcher = asyncio.create_task(watch_supervisor(stop.set)) if worker else None
     log.info(
-        "miaws listening on http://%s:%d (WebSocket at %s), plugins: %s, config %s",
+        "miaws listening on http://%s:%d (WebSocket at %s)%s, plugins: %s, config %s",
         settings.server.host,
         settings.server.port,
         settings.server.ws_path,
+        f", worker {worker[0]} of {worker[1]} (pid {os.getpid()})" if worker else "",
         ", ".join(settings.plugins.enabled),
         path if path is not None else "none: built-in defaults",
     )
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     assert server.service is not None
     log.info("shutting down: closing %d connections with 1001", server.service.connected_count())
     await server.stop(grace=2.0)
 
 
+_early_hup = False  # a worker's SIGHUP before its server listened: reload once it does
+
+
+def _hup_before_start(signum: int, frame: object) -> None:
+    global _early_hup
+    _early_hup = True
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from miaws.config import check_workers
+
+    if args.worker is not None:  # the supervisor may pass a SIGHUP on while we start
+        signal.signal(signal.SIGHUP, _hup_before_start)
     settings: Settings | None = None
     try:
         path = config_path(args.config)
@@ -83,8 +110,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             settings = _with_port(settings, args.port)
         if args.host:
             settings = _with_host(settings, args.host)
+        worker = _worker(args.worker)
+        if worker is not None:
+            from miaws.ops.logs import set_worker
+
+            set_worker(worker[0])
+        workers = settings.server.workers if args.workers is None else args.workers
+        if args.workers is not None:
+            check_workers(settings, "--workers", args.workers)
         setup_logging(settings)
-        asyncio.run(serve(settings, path, args.port))
+        if worker is None and workers > 1:
+            return _supervise(settings, workers, path, args)
+        asyncio.run(serve(settings, path, args.port, worker))
     except ConfigError as exc:
         print(f"miaws: {exc}", file=sys.stderr)
         return 2
@@ -93,6 +130,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"miaws: cannot listen{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _worker(value: str | None) -> tuple[int, int] | None:
+    """``--worker I/N`` (set by the supervisor for its workers) as (I, N)."""
+    if value is None:
+        return None
+    index, _, count = value.partition("/")
+    try:
+        return int(index), int(count)
+    except ValueError:
+        raise ConfigError(f"--worker has value {value!r}; expected INDEX/COUNT") from None
+
+
+def _supervise(
+    settings: Settings, workers: int, path: Path | None, args: argparse.Namespace
+) -> int:
+    """Run ``workers`` worker processes on the port until SIGTERM (miaws.cli.workers)."""
+    from miaws.cli.workers import Supervisor, check_port, stop_timeout, worker_argv
+
+    check_port(settings.server.host, settings.server.port)  # OSError: one line, exit 2
+    supervisor = Supervisor(
+        workers,
+        lambda i: worker_argv(i, workers, path, args.host, args.port),
+        stop_timeout(settings),
+    )
+    return asyncio.run(supervisor.run())
 
 
 def _with_port(settings: Settings, port: int) -> Settings:
@@ -136,12 +199,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from miaws.cli.admin import AdminError, clients_table, fetch, rooms_table
+    from miaws.cli.admin import AdminError, clients_table, fetch, node_line, rooms_table
 
     key = args.api_key or os.environ.get("MIAWS_API_KEY") or None
     try:
         if args.command == "clients":
             print(clients_table(fetch(args.url, "/api/clients", key, args.timeout)))
+            with contextlib.suppress(AdminError):
+                line = node_line(fetch(args.url, "/health", None, args.timeout))
+                if line:
+                    print(line)
         else:
             print(rooms_table(fetch(args.url, "/api/rooms", key, args.timeout)))
     except AdminError as exc:
@@ -218,7 +285,8 @@ def parser() -> argparse.ArgumentParser:
         "serve",
         "run the server",
         "Run the server until SIGTERM or SIGINT (clients get close 1001); SIGHUP re-reads "
-        "the config file.",
+        "the config file. With --workers N, a supervisor runs N such processes on the port "
+        "and passes both signals to all of them.",
     )
     s.add_argument(
         "--config",
@@ -227,6 +295,14 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--host", help="override server.host (the address to listen on)")
     s.add_argument("--port", type=int, help="override server.port (and $PORT)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="override server.workers: run N processes on the port (SO_REUSEPORT), each a "
+        "node on the configured Redis broker",
+    )
+    s.add_argument("--worker", help=argparse.SUPPRESS)  # INDEX/COUNT, set by the supervisor
     s.set_defaults(func=cmd_serve)
     h = command(
         "health",

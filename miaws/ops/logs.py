@@ -17,9 +17,19 @@ from typing import Any
 
 from miaws.config import Settings
 
-__all__ = ["JSONFormatter", "TextFormatter", "configure_logging", "TEXT_FORMAT"]
+__all__ = ["JSONFormatter", "TextFormatter", "configure_logging", "set_worker", "TEXT_FORMAT"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+_worker: int | None = None  # this process's index under ``miaws serve --workers``
+
+
+def set_worker(index: int) -> None:
+    """Mark every line of this process as worker ``index``'s: ``miaws[w2]`` in text,
+    ``"worker": 2`` in JSON."""
+    global _worker
+    _worker = index
+
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -34,7 +44,8 @@ class TextFormatter(logging.Formatter):
             return super().format(record)
         record.message = record.getMessage()
         record.asctime = self.formatTime(record)
-        return f"{record.asctime} {record.levelname} {record.name}: {record.message}"
+        name = record.name if _worker is None else f"{record.name}[w{_worker}]"
+        return f"{record.asctime} {record.levelname} {name}: {record.message}"
 
     _second = -1
     _stamp = ""
@@ -60,6 +71,8 @@ class JSONFormatter(logging.Formatter):
             "event": getattr(record, "event", "log"),
             "message": record.getMessage(),
         }
+        if _worker is not None:
+            entry["worker"] = _worker
         for key, value in vars(record).items():
             if key not in _STANDARD and key not in entry:
                 entry[key] = value
