@@ -21,7 +21,7 @@ from test_metrics import scrape
 from miaws.cli.check import Peer, expect_error, expect_type
 from miaws.service import Service
 
-ALL = ["ping", "echo", "broadcast", "rooms"]
+ALL = ["ping", "echo", "broadcast", "rooms", "presence"]
 
 
 def write_config(path: Path, **sections: Any) -> None:

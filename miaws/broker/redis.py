@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 
 from miaws.broker.base import Broker, ClusterView, NodeCounts, no_history
 from miaws.broker.redis_history import RedisHistory
+from miaws.broker.redis_presence import RedisPresence
 from miaws.config import Settings
 from miaws.core.errors import BrokerUnavailable, ConfigError
 from miaws.core.history import HistoryRoom, Joined, Position
@@ -132,6 +133,7 @@ class RedisBroker(Broker):
             retry=Retry(NoBackoff(), 0),
             health_check_interval=max(1, round(heartbeat)),
         )
+        self.presence = RedisPresence(self._redis, channel_prefix, self.node_id, heartbeat)
         self.shared = (
             RedisHistory(history_rules, self._redis, channel_prefix, self.channel)
             if history_rules
@@ -156,7 +158,7 @@ class RedisBroker(Broker):
                 b.url,
                 channel_prefix=b.channel_prefix,
                 heartbeat=b.heartbeat,
-                history_rules=settings.history.rooms,
+                history_rules=settings.history_rules(),
             )
         except ValueError as exc:  # redis-py's URL parser: a bad port, database, option
             raise ConfigError(
