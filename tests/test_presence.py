@@ -4,6 +4,7 @@ sockets, with a webhook receiver on 127.0.0.1 that verifies every signature (#18
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -386,3 +387,19 @@ def test_bad_rooms_setting_stops_serve_with_exit_2(tmp_path: Any) -> None:
 async def test_rooms_are_counted_as_the_registry_says(join: Join, service: Service) -> None:
     await join(None, "team:c")
     await eventually(lambda: service.rooms_info() == {"team:c": 1})
+
+
+@pytest.mark.config({**USERS, "webhooks": {"endpoints": []}})  # no webhook tracks every room
+async def test_the_presence_api_answers_for_operators(join: Join, port: int) -> None:
+    """GET /api/presence?room=KEY: the presence of a tracked room (every node), or this
+    node's members of any other room."""
+    alice = await join("tok-alice", "team:api", "plain")
+    client = AsyncHTTPClient()
+    base = f"http://127.0.0.1:{port}/api/presence?room="
+    body = json.loads((await client.fetch(base + "team:api")).body)
+    assert body["scope"] == "cluster" and body["count"] == 1
+    assert members_of(body) == [(alice.welcome["clientId"], "alice")]
+    body = json.loads((await client.fetch(base + "plain")).body)
+    assert body["scope"] == "local" and body["members"][0]["since"] is None
+    missing = await client.fetch(base, raise_error=False)
+    assert missing.code == 400
