@@ -82,8 +82,10 @@ class PresenceTracker:
         self.configure(rules, leave_delay, cap, webhook_events)
         self._local: dict[tuple[str, str], Member] = {}  # (key, client id) -> member
         self._chains: dict[str, asyncio.Future[Any]] = {}
-        self._timers: dict[asyncio.TimerHandle, Callable[[], object]] = {}
+        self._timers: dict[asyncio.TimerHandle, Callable[[], None]] = {}
+        self._soon: list[Callable[[], Coroutine[Any, Any, Any]]] = []  # synchronous steps
         self.errors = 0  # store steps that failed
+        self._eager = bool(getattr(store, "synchronous", False))  # steps never wait
         self._failing = False
         registry.watch_members(self)
 
@@ -144,8 +146,8 @@ class PresenceTracker:
             return
         loop = asyncio.get_running_loop()
 
-        def confirm() -> object:
-            return self._chain(key, lambda: self._confirm(key, result))
+        def confirm() -> None:
+            self._chain(key, lambda: self._confirm(key, result))
 
         def fire() -> None:
             self._timers.pop(handle, None)
@@ -172,7 +174,7 @@ class PresenceTracker:
         ``(members, partial)``: partial when the store failed and only this node's members
         are listed."""
         try:
-            return await self._chain(key, lambda: self.store.members(key), quiet=False), False
+            return await self._read(key, lambda: self.store.members(key)), False
         except Exception as exc:
             self._failed(exc)
             return [m for (k, _), m in self._local.items() if k == key], True
@@ -192,10 +194,44 @@ class PresenceTracker:
         if self.emit is not None and event["event"] in self.webhook_events:
             self.emit(event)
 
-    def _chain(
-        self, key: str, step: Callable[[], Coroutine[Any, Any, T]], quiet: bool = True
+    def _chain(self, key: str, step: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run step after the room's earlier steps; a failure is counted and logged.
+
+        A synchronous store's steps never wait: they are queued and run in one go once
+        the current message is done (so the joiner's ``room-joined`` comes before its own
+        ``member-joined``), with no task each: what a join costs on one node."""
+        if self._eager:
+            self._soon.append(step)
+            if len(self._soon) == 1:
+                asyncio.get_running_loop().call_soon(self._flush)
+            return
+        self._task(key, step, quiet=True)
+
+    def _flush(self) -> None:
+        """Run the queued steps of a synchronous store, in order."""
+        soon, self._soon = self._soon, []
+        for step in soon:
+            coro = step()
+            try:
+                coro.send(None)
+            except StopIteration:
+                continue
+            except Exception as exc:
+                self._failed(exc)
+                continue
+            coro.close()
+            raise RuntimeError(f"presence store {self.store!r} is synchronous but a step waited")
+
+    async def _read(self, key: str, read: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """A read after every step of this node for key (quiet=False: errors raise)."""
+        if self._eager:
+            self._flush()
+            return await read()
+        return await self._task(key, read, quiet=False)
+
+    def _task(
+        self, key: str, step: Callable[[], Coroutine[Any, Any, T]], quiet: bool
     ) -> asyncio.Future[T]:
-        """Run step after the room's earlier steps; a failure of a quiet step is logged."""
         before = self._chains.get(key)
 
         async def run() -> T:
@@ -243,6 +279,7 @@ class PresenceTracker:
             handle.cancel()
             confirm()
         self._timers.clear()
+        self._flush()
         pending: list[Awaitable[Any]] = list(self._chains.values())
         if pending:
             await asyncio.wait(pending, timeout=2.0)  # type: ignore[type-var]

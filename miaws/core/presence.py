@@ -203,7 +203,10 @@ def decode_member(text: str) -> Member:
 
 
 class MemoryPresence:
-    """The presence of one process (the memory broker's store)."""
+    """The presence of one process (the memory broker's store).  Its steps never wait
+    (``synchronous``): the tracker runs them at once instead of in tasks."""
+
+    synchronous = True
 
     def __init__(self) -> None:
         self._members: dict[str, dict[str, Member]] = {}  # key -> client id -> member
