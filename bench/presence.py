@@ -4,6 +4,7 @@ Starts ``miaws serve`` (memory broker, or ``--redis`` for a private redis-server
 127.0.0.1 port with these rooms:
 
 - ``plain:*``: no rule (presence not tracked);
+- ``seen:*``: ``presence: true`` (tracked: the bookkeeping alone);
 - ``team:*``: ``presence: true, join_leave: true`` (tracked; every join and leave of the
   measuring client is a member-joined / member-left to the room's WATCHERS members);
 
@@ -120,7 +121,10 @@ async def run(args: argparse.Namespace) -> None:
         "broker": broker,
         "rooms": {
             "leave_delay": 0,
-            "rules": [{"match": "team:*", "presence": True, "join_leave": True}],
+            "rules": [
+                {"match": "team:*", "presence": True, "join_leave": True},
+                {"match": "seen:*", "presence": True},
+            ],
         },
     }
     if args.webhooks:
@@ -130,7 +134,7 @@ async def run(args: argparse.Namespace) -> None:
         server.wait_ready()
         pid = server.proc.pid
         drain = Drain()
-        for room in ("plain:j", "team:j", "plain:m", "team:m"):
+        for room in ("plain:j", "seen:j", "team:j", "plain:m", "team:m"):
             await join_all(server.url, room, WATCHERS, drain)
         await join_all(server.url, "team:p", PRESENCE_MEMBERS - 1, drain)
         actor = await Peer.connect(server.url)
@@ -169,6 +173,7 @@ async def run(args: argparse.Namespace) -> None:
         rows: dict[str, list[float]] = {}
         plan = [
             ("join + leave, plain:* (no rule)", args.pairs, pairs("plain:j")),
+            ("join + leave, seen:* (presence)", args.pairs, pairs("seen:j")),
             ("join + leave, team:* (presence, join_leave)", args.pairs, pairs("team:j")),
             (f"broadcast to {WATCHERS + 1}, plain:*", args.messages, broadcasts("plain:m")),
             (f"broadcast to {WATCHERS + 1}, team:*", args.messages, broadcasts("team:m")),

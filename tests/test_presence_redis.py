@@ -31,7 +31,7 @@ def node_config(redis: RedisServer, hook: WebhookReceiver) -> str:
         {
             "server": {"host": "127.0.0.1"},
             "broker": {"type": "redis", "url": redis.url, "heartbeat": HEARTBEAT},
-            "auth": {"mode": "token", "tokens": {"a": "alice", "b": "bob", "c": "carol"}},
+            "auth": {"mode": "token", "tokens": {"a": "alice", "b": "bob", "c": "carol", "o": ODD}},
             "rooms": {
                 "leave_delay": DELAY,
                 "rules": [{"match": "team:*", "presence": True, "join_leave": True}],
@@ -41,6 +41,7 @@ def node_config(redis: RedisServer, hook: WebhookReceiver) -> str:
     )
 
 
+ODD = 'o"dd\nuser é'  # a user name with a quote, a newline and non-ASCII
 ROOM_AND_MEMBER = ["room-occupied", "room-vacated", "member-added", "member-removed"]
 
 
@@ -142,6 +143,20 @@ async def test_socket_io_members_share_presence_across_nodes(
     finally:
         await sio.close()
     await until(alice, "member-left", user="carol")
+
+
+async def test_any_user_name_survives_the_shared_store(
+    nodes: list[ServerProcess], join: Join, receiver: WebhookReceiver
+) -> None:
+    a, b = nodes
+    bob = await join(b, "b", "team:o")
+    odd = await join(a, "o", "team:o")
+    assert (await until(bob, "member-joined", user=ODD))["clientId"] == odd.welcome["clientId"]
+    assert ODD in [m["user"] for m in (await presence(bob, "team:o"))["members"]]
+    odd.close()
+    await until(bob, "member-left", user=ODD)
+    removed = await receiver.wait_for("member-removed")
+    assert removed[0]["user"] == ODD
 
 
 async def test_each_webhook_event_is_posted_once_by_the_cluster(

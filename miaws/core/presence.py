@@ -25,6 +25,7 @@ meaning; :class:`~miaws.broker.presence.PresenceTracker` drives them and runs th
 from __future__ import annotations
 
 import fnmatch
+import json
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,8 +99,9 @@ class RoomRules:
 
 
 def identity(client_id: str, user: str | None) -> str:
-    """What joins and leaves are counted by: the user, else the connection."""
-    return f"u:{user}" if user is not None else f"c:{client_id}"
+    """What joins and leaves are counted by: the user, else the connection.  The user is
+    JSON-quoted, so an identity never holds a raw newline (the stores' field separator)."""
+    return "u:" + json.dumps(user) if user is not None else f"c:{client_id}"
 
 
 def new_token() -> str:
@@ -186,20 +188,19 @@ class PresenceReader(Protocol):
 
 
 def left_member(mark: str) -> Member:
-    """The member a leave mark names (``token \\n identity \\n client \\n user \\n since``)."""
-    _, _, client_id, user, since = mark.split("\n", 4)
-    return Member(client_id, user[1:] if user else None, int(since))
+    """The member a leave mark names (``token \\n`` and a member as :func:`encode_member`)."""
+    return decode_member(mark.split("\n", 1)[1])
 
 
 def encode_member(member: Member) -> str:
-    """``identity \\n client \\n user \\n since``; user is ``=name`` or empty for none."""
-    user = "" if member.user is None else "=" + member.user
-    return f"{identity(member.client_id, member.user)}\n{member.client_id}\n{user}\n{member.since}"
+    """``identity \\n client id \\n user as JSON \\n since``: no part holds a newline."""
+    who = identity(member.client_id, member.user)
+    return f"{who}\n{member.client_id}\n{json.dumps(member.user)}\n{member.since}"
 
 
 def decode_member(text: str) -> Member:
     _, client_id, user, since = text.split("\n", 3)
-    return Member(client_id, user[1:] if user else None, int(since))
+    return Member(client_id, json.loads(user), int(since))
 
 
 class MemoryPresence:
