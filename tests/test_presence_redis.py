@@ -20,7 +20,7 @@ from webhook_receiver import WebhookReceiver
 from miaws.cli.check import Peer
 
 HEARTBEAT = 0.5
-DELAY = 0.3
+DELAY = 1.0  # a move to the other node must come within it, even on a loaded machine
 SECRET = "cluster-secret"
 Start = Callable[..., ServerProcess]
 Join = Callable[..., Awaitable[Peer]]
@@ -174,12 +174,13 @@ async def test_each_webhook_event_is_posted_once_by_the_cluster(
     for peer in peers:
         peer.close()
     await receiver.wait_for("room-vacated")
+    await receiver.wait_for("member-removed", 2)
     await asyncio.sleep(DELAY + 0.5)  # a second copy would have come by now
     kinds = receiver.kinds("team:w")
     assert kinds.count("room-occupied") == 1 and kinds.count("room-vacated") == 1
     assert sorted(e["user"] for e in receiver.of("member-added")) == ["alice", "bob"]
     assert sorted(e["user"] for e in receiver.of("member-removed")) == ["alice", "bob"]
-    assert kinds[0] == "room-occupied" and kinds[-1] == "room-vacated"
+    assert kinds[0] == "room-occupied"  # (two nodes' POSTs after it may cross)
     assert receiver.bad_signatures == 0
 
 
