@@ -13,6 +13,7 @@ from miaws.ops.httpapi import (
     HealthHandler,
     LivezHandler,
     PluginsHandler,
+    PresenceHandler,
     ReadyzHandler,
     RoomsHandler,
 )
@@ -55,6 +56,7 @@ def make_app(service: Service) -> tornado.web.Application:
         (r"/readyz", ReadyzHandler, kw),
         (r"/api/clients", ClientsHandler, kw),
         (r"/api/rooms", RoomsHandler, kw),
+        (r"/api/presence", PresenceHandler, kw),
         (r"/api/plugins", PluginsHandler, kw),
         (r"/api/publish", PublishHandler, kw),
         (r"/api/reload", ReloadHandler, kw),

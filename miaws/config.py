@@ -22,6 +22,7 @@ import yaml
 
 from miaws.core.errors import ConfigError
 from miaws.core.history import HistoryRoom
+from miaws.core.presence import RoomRule, RoomRules
 
 if TYPE_CHECKING:
     from miaws.core.plugins import PluginSources
@@ -36,7 +37,7 @@ __all__ = [
     "BUILTIN_PLUGINS",
 ]
 
-BUILTIN_PLUGINS = ("ping", "echo", "broadcast", "rooms")
+BUILTIN_PLUGINS = ("ping", "echo", "broadcast", "rooms", "presence")
 
 
 def setting(default: Any, help: str, *, env: str | None = None, expect: str | None = None) -> Any:
@@ -399,11 +400,74 @@ class ProxySettings:
 
 @dataclass(frozen=True)
 class RoomsSettings:
+    leave_delay: float = setting(
+        5.0,
+        "Seconds a member may be gone before it counts as having left (member-left, "
+        "room-vacated); a return within them causes no event.",
+        expect="a number of seconds, 0 or more",
+    )
+    rules: list[RoomRule] = setting(
+        [],
+        "Per-room behaviour, first matching glob wins: a list of {match: GLOB, presence: BOOL, "
+        "join_leave: BOOL, history: {size: N, ttl: SECONDS}}.",
+        expect="a list of {match, presence, join_leave, history: {size, ttl}} mappings",
+    )
+    presence_max_members: int = setting(
+        100,
+        "Members a presence reply lists at most (count still counts them all); 0: no cap.",
+        expect="a whole number of members, 0 for no cap",
+    )
     join_proxy_url: str | None = setting(
         None,
         "URL asked before each join (POST with the client's identity and the room): 2xx "
         "allows, 403 refuses (error forbidden); none: no backend is asked.",
         expect="an http:// or https:// URL",
+    )
+
+
+WEBHOOK_EVENTS = (
+    "room-occupied",
+    "room-vacated",
+    "member-added",
+    "member-removed",
+    "client-connected",
+    "client-disconnected",
+)
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """One entry of ``webhooks.endpoints`` (or of the ``webhooks:`` list)."""
+
+    url: str
+    secret: str | None = None
+    secret_env: str | None = None  # the name of the variable holding the secret
+    events: list[str] = field(default_factory=lambda: list(WEBHOOK_EVENTS))
+
+
+@dataclass(frozen=True)
+class WebhooksSettings:
+    endpoints: list[WebhookEndpoint] = setting(
+        [],
+        "Where lifecycle events are POSTed, signed: a list of {url, secret or secret_env, "
+        "events}. 'webhooks:' may hold this list directly.",
+        expect="a list of {url, secret or secret_env, events} mappings",
+    )
+    retry_for: float = setting(
+        300.0,
+        "Seconds a batch is retried (exponential back-off) after a failed POST; then dropped.",
+        expect="a positive number of seconds",
+    )
+    timeout: float = setting(
+        5.0, "Seconds one POST may take before it counts as failed.", expect="a positive number"
+    )
+    queue_size: int = setting(
+        10000,
+        "Events waiting per endpoint; beyond it new events are dropped (counted, logged).",
+        expect="a positive whole number of events",
+    )
+    batch_max: int = setting(
+        100, "Events at most in one POST.", expect="a positive whole number of events"
     )
 
 
@@ -451,9 +515,10 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
+    rooms: RoomsSettings = field(default_factory=RoomsSettings)
+    webhooks: WebhooksSettings = field(default_factory=WebhooksSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
-    rooms: RoomsSettings = field(default_factory=RoomsSettings)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     source: str = field(default="defaults", compare=False)
     """Where the settings came from (file path or 'defaults'), for messages."""
@@ -465,6 +530,12 @@ class Settings:
         return PluginSources(
             self.plugins.enabled, self.plugins.paths, self.schemas.path, self.source, config=self
         )
+
+    def history_rules(self) -> list[HistoryRoom]:
+        """What keeps a history: the ``history`` of ``rooms.rules``, then (deprecated, the
+        same meaning) ``history.rooms``; first match wins across both.  Empty: none."""
+        rules = [*RoomRules(self.rooms.rules).history_rules(), *self.history.rooms]
+        return rules if any(r.size > 0 for r in rules) else []
 
 
 def sections() -> dict[str, type]:
@@ -629,6 +700,8 @@ def _validate(s: Settings) -> None:
             " expected a positive whole number of bytes"
         )
     _validate_broker(src, s.broker)
+    _validate_rooms(src, s.rooms)
+    _validate_webhooks(src, s.webhooks)
     _validate_limits(src, s)
     if any(not key.strip() for key in s.api.keys):
         raise ConfigError(f"{src}: api.keys has an empty key; expected a list of non-empty strings")
@@ -803,6 +876,84 @@ def _validate_cluster_url(src: str, url: str) -> None:
         )
 
 
+def _validate_rooms(src: str, r: RoomsSettings) -> None:
+    if r.leave_delay < 0:
+        raise ConfigError(
+            f"{src}: rooms.leave_delay has value {r.leave_delay:g}; expected a number of "
+            "seconds, 0 or more"
+        )
+    if r.presence_max_members < 0:
+        raise ConfigError(
+            f"{src}: rooms.presence_max_members has value {r.presence_max_members}; expected "
+            "a whole number of members, 0 for no cap"
+        )
+    for i, rule in enumerate(r.rules):
+        if not rule.match:
+            raise ConfigError(f"{src}: rooms.rules[{i}].match is empty; expected a room glob")
+        h = rule.history
+        if h is not None and (h.size < 1 or h.ttl <= 0):
+            raise ConfigError(
+                f"{src}: rooms.rules[{i}].history has value {dataclasses.asdict(h)!r}; expected "
+                "a size of at least 1 and a ttl above 0 seconds"
+            )
+
+
+def _validate_webhooks(src: str, w: WebhooksSettings) -> None:
+    for key in ("retry_for", "timeout", "queue_size", "batch_max"):
+        value = getattr(w, key)
+        if not value > 0:
+            expect = next(f for f in dataclasses.fields(w) if f.name == key).metadata["expect"]
+            raise ConfigError(f"{src}: webhooks.{key} has value {value:g}; expected {expect}")
+    for i, e in enumerate(w.endpoints):
+        where = f"{src}: webhooks.endpoints[{i}]"
+        if not e.url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{where}.url has value {e.url!r}; expected an http:// or https:// URL"
+            )
+        if (e.secret is None) == (e.secret_env is None) or e.secret == "":
+            raise ConfigError(f"{where} needs exactly one of secret (non-empty) and secret_env")
+        unknown = [ev for ev in e.events if ev not in WEBHOOK_EVENTS]
+        if unknown or not e.events:
+            raise ConfigError(
+                f"{where}.events has value {e.events!r}; expected a non-empty list of "
+                + ", ".join(WEBHOOK_EVENTS)
+            )
+
+
+def _resolve_secrets(s: Settings, environ: Mapping[str, str]) -> Settings:
+    """``secret_env`` names a variable: its value becomes the endpoint's secret."""
+    endpoints = []
+    for i, e in enumerate(s.webhooks.endpoints):
+        if e.secret_env is not None:
+            value = environ.get(e.secret_env, "")
+            if not value:
+                raise ConfigError(
+                    f"{s.source}: webhooks.endpoints[{i}].secret_env names {e.secret_env}, "
+                    "which is not set (or empty) in the environment"
+                )
+            e = dataclasses.replace(e, secret=value)
+        endpoints.append(e)
+    if not endpoints:
+        return s
+    return dataclasses.replace(s, webhooks=dataclasses.replace(s.webhooks, endpoints=endpoints))
+
+
+_deprecations_logged: set[str] = set()
+
+
+def log_deprecations(s: Settings) -> None:
+    """Say once per process what in these settings is deprecated."""
+    import logging
+
+    if s.history.rooms and "history.rooms" not in _deprecations_logged:
+        _deprecations_logged.add("history.rooms")
+        logging.getLogger("miaws").warning(
+            "%s: history.rooms is deprecated; it means the same as history: {size, ttl} in a "
+            "rooms.rules entry (rooms.rules are matched first)",
+            s.source,
+        )
+
+
 def _validate_limits(src: str, s: Settings) -> None:
     for f in dataclasses.fields(s.limits):
         value = getattr(s.limits, f.name)
@@ -839,6 +990,8 @@ def build_settings(
             )
         if values is None:
             values = {}
+        if name == "webhooks" and isinstance(values, list):
+            values = {"endpoints": values}  # the short form: webhooks: [{url: ...}, ...]
         if not isinstance(values, Mapping):
             raise ConfigError(f"{source}: {name} has value {values!r}; expected a mapping")
         merged[name] = dict(values)
@@ -848,7 +1001,7 @@ def build_settings(
     }
     settings = Settings(**built, source=source)
     _validate(settings)
-    return settings
+    return _resolve_secrets(settings, os.environ if environ is None else environ)
 
 
 def config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path | None:

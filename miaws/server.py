@@ -68,6 +68,9 @@ class Server:
         service.derived_max_connections = accept.connection_cap(nofile)
         service.config_path, service.port_override = self.config_path, self.port_override
         await service.broker.start()
+        await service.presence.start()
+        if service.webhooks is not None:
+            await service.webhooks.start()
         self.service = service
         self.app = make_app(service)
         self.http = make_server(self.app, service)
@@ -103,6 +106,9 @@ class Server:
         await http.close_all_connections()
         if service.socketio is not None:
             await service.socketio.shutdown()
+        await service.presence.close()  # pending leaves count now: the node is going
+        if service.webhooks is not None:
+            await service.webhooks.close()
         await service.broker.close()
         await service.backends.close()
         self.service = self.app = self.http = None

@@ -19,15 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from miaws.broker import Broker, make_broker
-from miaws.config import Settings
+from miaws.broker.presence import PresenceTracker
+from miaws.config import Settings, log_deprecations
 from miaws.core.clock import Clock
 from miaws.core.dispatch import Dispatcher
 from miaws.core.errors import CloseCode, close_meaning
 from miaws.core.model import Client, Closed, Outgoing
 from miaws.core.plugins import Registry, build_registry
+from miaws.core.presence import RoomRules
+from miaws.core.rooms import split_key
 from miaws.core.stats import Stats
 from miaws.integration.backend import Backends
 from miaws.integration.join_proxy import JoinProxy
+from miaws.ops.webhooks import WebhookSender
 from miaws.transport.admission import Admission
 from miaws.transport.auth import Authenticator
 
@@ -70,10 +74,25 @@ class Service:
         # The cap when limits.max_connections is 0: derived from the descriptor limit by
         # Server.start (miaws.transport.accept.connection_cap); 0: none.
         self.derived_max_connections = 0
+        self.webhooks = WebhookSender(settings.webhooks) if settings.webhooks.endpoints else None
+        self.presence = PresenceTracker(
+            self.local,
+            broker.presence,
+            RoomRules(settings.rooms.rules),
+            leave_delay=settings.rooms.leave_delay,
+            cap=settings.rooms.presence_max_members,
+            publish=self.publish,
+            emit=None if self.webhooks is None else self.webhooks.emit,
+            webhook_events=frozenset() if self.webhooks is None else self.webhooks.events,
+            timestamp=self.clock.timestamp,
+        )
+        self.dispatcher.presence = self.presence
+        self.local.watch_members(self)  # the room_joined / room_left hooks
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Service:
         """Load plugins and schemas (ConfigError on any problem) and call ``startup``."""
+        log_deprecations(settings)
         service = cls(
             settings, build_registry(settings.plugin_sources()), make_broker(settings), clock
         )
@@ -112,6 +131,7 @@ class Service:
         hook = self.hooks.client_connected
         if hook.get_hookimpls():  # none listening: skip pluggy's call (~2 µs a connection)
             hook(client=client)
+        self._lifecycle("client-connected", client)
 
     def disconnect(self, client: Client, closed: Closed) -> None:
         """Remove client from the registry, log one line (a warning when it was dead or a
@@ -147,6 +167,32 @@ class Service:
         hook = self.hooks.client_disconnected
         if hook.get_hookimpls():
             hook(client=client, code=code, reason=reason)
+        self._lifecycle("client-disconnected", client, code=code)
+
+    def _lifecycle(self, event: str, client: Client, **extra: Any) -> None:
+        """A client webhook event, when an endpoint wants it."""
+        if self.webhooks is not None and event in self.webhooks.events:
+            self.webhooks.emit(
+                {
+                    "event": event,
+                    "clientId": client.client_id,
+                    "user": client.user,
+                    "transport": client.transport,
+                    **({} if client.namespace == "/" else {"namespace": client.namespace}),
+                    **extra,
+                }
+            )
+
+    # ------------------------------------------------------------ room hooks
+    def member_joined(self, key: str, client: Client) -> None:
+        hook = self.hooks.room_joined
+        if hook.get_hookimpls():
+            hook(client=client, room=split_key(key)[1])
+
+    def member_left(self, key: str, client: Client) -> None:
+        hook = self.hooks.room_left
+        if hook.get_hookimpls():
+            hook(client=client, room=split_key(key)[1])
 
     def max_connections(self) -> int:
         """``limits.max_connections``, or when that is 0 the cap derived from the descriptor

@@ -16,7 +16,7 @@ import pytest
 import socketio
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
-BUILTINS = ["ping", "echo", "broadcast", "rooms"]
+BUILTINS = ["ping", "echo", "broadcast", "rooms", "presence"]
 
 ERRORS_PLUGIN = """
 from miaws import MessageType, hookimpl

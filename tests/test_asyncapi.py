@@ -59,6 +59,10 @@ async def test_asyncapi_document_is_valid_and_lists_every_type(port: int) -> Non
         "reply.broadcast",
         "reply.room-joined",
         "reply.room-left",
+        "presence",
+        "reply.presence",
+        "reply.member-joined",
+        "reply.member-left",
         "server.welcome",
         "server.error",
         "server.gap",
@@ -69,6 +73,9 @@ async def test_asyncapi_document_is_valid_and_lists_every_type(port: int) -> Non
     # each type's replies, as its plugin declares them, with what the core adds (#16.15)
     reply = document["operations"]["receive.join-room"]["reply"]
     assert reply["messages"] == [{"$ref": "#/channels/ws/messages/reply.room-joined"}]
+    # presence (#18): the reply and the join/leave events members get
+    assert messages["reply.member-joined"]["payload"]["required"][:2] == ["type", "room"]
+    assert "count" in messages["reply.presence"]["payload"]["properties"]
     joined = messages["reply.room-joined"]["payload"]
     assert joined["properties"]["type"] == {"const": "room-joined"}
     assert {"epoch", "seq", "recovered", "timestamp", "id"} <= set(joined["properties"])

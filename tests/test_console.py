@@ -107,6 +107,37 @@ async def test_console_panel_and_registry(
         assert await page.is_disabled("#ping")
 
 
+@pytest.mark.config(
+    {
+        "auth": {"mode": "token", "tokens": {"t-ann": "ann", "t-ben": "ben"}},
+        "rooms": {"rules": [{"match": "team:*", "presence": True}]},
+    }
+)
+async def test_console_shows_a_rooms_presence(port: int, ws_connect: Connect, ws_url: str) -> None:
+    """The rooms table's "show" lists the room's members with their users (#18); the list
+    follows a join."""
+    ann = await ws_connect(ws_url + "?token=t-ann")
+    expect_type(await ann.request({"type": "join-room", "room": "team:1"}), "room-joined")
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{port}/")
+        row = page.locator("#rooms tr", has_text="team:1")
+        await row.locator("button.show-presence").click(timeout=TIMEOUT)
+        members = page.locator("#presence-members")
+        await (
+            members.locator("tr", has_text=ann.welcome["clientId"])
+            .filter(has_text="ann")
+            .wait_for(timeout=TIMEOUT)
+        )
+        await page.locator("#presence-summary", has_text="1 user on every node").wait_for(
+            timeout=TIMEOUT
+        )
+        ben = await ws_connect(ws_url + "?token=t-ben")
+        expect_type(await ben.request({"type": "join-room", "room": "team:1"}), "room-joined")
+        await members.locator("tr", has_text="ben").wait_for(timeout=TIMEOUT)
+        await page.locator("#presence-summary", has_text="2 users").wait_for(timeout=TIMEOUT)
+
+
 @pytest.mark.config({"api": {"keys": ["letmein"]}})
 async def test_console_asks_for_the_api_key(port: int, ws_connect: Connect) -> None:
     """With API keys set the page asks for one; a wrong one is refused, the right one works."""

@@ -43,4 +43,4 @@ async def test_api_plugins(http_server_client: Any) -> None:
     """/api/plugins names each enabled plugin and its message types."""
     plugins = {p["name"]: p for p in await get_json(http_server_client, "/api/plugins")}
     assert plugins["rooms"]["messageTypes"] == ["join-room", "leave-room"]
-    assert set(plugins) == {"ping", "echo", "broadcast", "rooms"}
+    assert set(plugins) == {"ping", "echo", "broadcast", "rooms", "presence"}

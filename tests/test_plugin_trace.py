@@ -17,9 +17,16 @@ def test_trace_shows_every_hook_call(
     traced = [
         line for line in capsys.readouterr().err.splitlines() if "register_message_types" in line
     ]
-    assert sorted(registry.types) == ["broadcast", "echo", "join-room", "leave-room", "ping"]
-    assert len(traced) == 4, traced  # one call per built-in plugin, each named
-    for name in ("ping", "echo", "broadcast", "rooms"):
+    assert sorted(registry.types) == [
+        "broadcast",
+        "echo",
+        "join-room",
+        "leave-room",
+        "ping",
+        "presence",
+    ]
+    assert len(traced) == 5, traced  # one call per built-in plugin, each named
+    for name in ("ping", "echo", "broadcast", "rooms", "presence"):
         assert any(f"'{name}'" in line for line in traced), (name, traced)
 
 

@@ -17,7 +17,7 @@ from miaws.config import ConfigError, build_settings
 from miaws.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL = ["ping", "echo", "broadcast", "rooms"]
+ALL = ["ping", "echo", "broadcast", "rooms", "presence"]
 
 
 def code_blocks(markdown: str, lang: str) -> list[str]:
@@ -187,6 +187,14 @@ def client_disconnected(client, code, reason):
     EVENTS.append(("disconnected", client.client_id, code, sorted(client.rooms)))
 
 @hookimpl
+def room_joined(client, room):
+    EVENTS.append(("joined", client.client_id, room))
+
+@hookimpl
+def room_left(client, room):
+    EVENTS.append(("left", client.client_id, room))
+
+@hookimpl
 def authorize_message(client, message):
     if message.get("room") == "vip":
         return False
@@ -215,7 +223,14 @@ def recorder_events() -> list[Any]:
 
 def test_hook_register_message_types(service: Service) -> None:
     """register_message_types of every enabled plugin fills the registry."""
-    assert set(service.registry.types) == {"ping", "echo", "broadcast", "join-room", "leave-room"}
+    assert set(service.registry.types) == {
+        "ping",
+        "echo",
+        "broadcast",
+        "join-room",
+        "leave-room",
+        "presence",
+    }
 
 
 def test_hook_startup(service: Service) -> None:
@@ -236,6 +251,36 @@ async def test_hook_client_disconnected(ws_connect: Connect, service: Service) -
     peer.conn.close(1000)
     await eventually(lambda: service.connected_count() == 0)
     assert ("disconnected", peer.welcome["clientId"], 1000, ["r"]) in recorder_events()
+
+
+async def test_hook_room_joined(ws_connect: Connect) -> None:
+    """room_joined: once per room a client becomes a member of (a second join: nothing)."""
+    peer = await ws_connect()
+    me = peer.welcome["clientId"]
+    for _ in range(2):
+        expect_type(await peer.request({"type": "join-room", "room": "r1"}), "room-joined")
+    assert [e for e in recorder_events() if e[0] == "joined" and e[1] == me] == [
+        ("joined", me, "r1")
+    ]
+
+
+async def test_hook_room_left(ws_connect: Connect, service: Service) -> None:
+    """room_left: on leave-room, and for every room on a disconnect, before
+    client_disconnected."""
+    peer = await ws_connect()
+    me = peer.welcome["clientId"]
+    for room in ("a", "b", "c"):
+        await peer.request({"type": "join-room", "room": room})
+    expect_type(await peer.request({"type": "leave-room", "room": "a"}), "room-left")
+    assert recorder_events()[-1] == ("left", me, "a")
+    peer.conn.close(1000)
+    await eventually(lambda: service.connected_count() == 0)
+    mine = [e for e in recorder_events() if e[1] == me and e[0] in ("left", "disconnected")]
+    assert mine[0] == ("left", me, "a") and sorted(mine[1:3]) == [
+        ("left", me, "b"),
+        ("left", me, "c"),
+    ]
+    assert mine[3:] == [("disconnected", me, 1000, ["b", "c"])]
 
 
 async def test_hook_authorize_message(ws_connect: Connect) -> None:

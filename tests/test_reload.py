@@ -21,7 +21,7 @@ from test_metrics import scrape
 from miaws.cli.check import Peer, expect_error, expect_type
 from miaws.service import Service
 
-ALL = ["ping", "echo", "broadcast", "rooms"]
+ALL = ["ping", "echo", "broadcast", "rooms", "presence"]
 
 
 def write_config(path: Path, **sections: Any) -> None:
@@ -213,3 +213,26 @@ async def test_plugin_failing_at_startup_is_refused(
     assert (status, body["error"]) == (422, "RuntimeError: no database")
     assert {p["name"] for p in service.registry.plugins_info()} == set(ALL)
     expect_type(await peer.request({"type": "echo", "message": 1}), "echo")
+
+
+async def test_reload_applies_room_rules_from_the_next_join(
+    http_server_client: Any, ws_connect: Connect, config_file: Path
+) -> None:
+    """rooms.rules given presence for team:* (#18): a room joined after the reload answers
+    presence; a history change of a rule is reported as needing a restart."""
+    peer = await ws_connect()
+    expect_type(await peer.request({"type": "join-room", "room": "team:1"}), "room-joined")
+    expect_error(await peer.request({"type": "presence", "room": "team:1"}), "forbidden")
+    rules = [{"match": "team:*", "presence": True, "history": {"size": 5, "ttl": 60}}]
+    write_config(config_file, plugins={"enabled": ALL}, rooms={"rules": rules})
+    status, body = await reload(http_server_client)
+    assert status == 200 and body["applied"] == ["rooms.rules"]
+    assert body["restartRequired"] == ["rooms.rules (history)"]
+    other = await ws_connect()
+    expect_type(await other.request({"type": "join-room", "room": "team:2"}), "room-joined")
+    reply = await other.request({"type": "presence", "room": "team:2"})
+    expect_type(reply, "presence", count=1)
+    assert reply["members"][0]["clientId"] == other.welcome["clientId"]
+    # the room joined before the reload: presence answers, from its next join on
+    reply = await peer.request({"type": "presence", "room": "team:1"})
+    expect_type(reply, "presence", count=0)

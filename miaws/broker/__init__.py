@@ -30,4 +30,4 @@ def make_broker(settings: Settings, registry: LocalRegistry | None = None) -> Br
     from miaws.broker.memory import MemoryBroker
     from miaws.core.history import history_from_rules
 
-    return MemoryBroker(registry, history_from_rules(settings.history.rooms))
+    return MemoryBroker(registry, history_from_rules(settings.history_rules()))

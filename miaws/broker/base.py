@@ -20,6 +20,10 @@ never import each other; :func:`miaws.broker.make_broker` chooses one.  Nothing 
 The registry tells its listeners when a room key gets its first local member and loses its
 last (:meth:`LocalRegistry.watch`); a broker that routes by interest subscribes to a room's
 traffic there, and presence hangs off the same two events.
+
+:attr:`Broker.presence` is where the broker keeps who is in which room
+(:class:`~miaws.core.presence.PresenceStore`): this process's memory by default, Redis for
+the Redis broker (:mod:`miaws.broker.redis_presence`); :mod:`miaws.broker.presence` drives it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 
 from miaws.core.history import Joined, Position
 from miaws.core.model import Client
+from miaws.core.presence import MemoryPresence, PresenceStore
 from miaws.core.registry import LocalRegistry
 
 __all__ = ["Broker", "BrokerCounters", "ClusterView", "NodeCounts"]
@@ -107,6 +112,7 @@ class Broker(ABC):
 
     def __init__(self, registry: LocalRegistry) -> None:
         self._registry = registry
+        self.presence: PresenceStore = MemoryPresence()  # who is in which room (all nodes)
 
     @property
     def registry(self) -> LocalRegistry:

@@ -62,6 +62,7 @@ from miaws.broker.bus import Bus, BusErrors, Call, Publish
 from miaws.broker.redis_history import RedisHistory
 from miaws.broker.redis_interest import Interest
 from miaws.broker.redis_keys import RedisKeys
+from miaws.broker.redis_presence import RedisPresence
 from miaws.broker.redis_store import Store
 from miaws.broker.remote import RemoteEncoded
 from miaws.config import Settings
@@ -171,6 +172,7 @@ class RedisBroker(Broker):
         self._probe_missing: set[bytes] = set()
         self._probe_back: asyncio.Event | None = None
         self._probe_ok = True
+        self.presence = RedisPresence(bus.redis, channel_prefix, self.node_id, heartbeat)
         self.shared = (
             RedisHistory(history_rules, bus, self.keys, registry.members) if history_rules else None
         )
@@ -208,7 +210,7 @@ class RedisBroker(Broker):
             heartbeat=b.heartbeat,
             probe_interval=b.probe_interval,
             unsubscribe_delay=b.unsubscribe_delay,
-            history_rules=settings.history.rooms,
+            history_rules=settings.history_rules(),
         )
 
     # ------------------------------------------------------------ sending

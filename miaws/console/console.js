@@ -7,6 +7,7 @@ const POLL_MS = 1000;
 let apiKey = sessionStorage.getItem("miaws-api-key") || "";
 let socket = null;
 let nextId = 1;
+let presenceRoom = null; // the room key whose presence is shown, or null
 
 // ------------------------------------------------------------------ registry (polling)
 async function api(path) {
@@ -96,11 +97,49 @@ async function refresh() {
     ]), "no clients connected");
     const rooms = await api("/api/rooms");
     fillTable($("rooms"), Object.entries(rooms).map(([name, n]) => [name, n]), "no rooms");
+    for (const row of $("rooms").querySelectorAll("tr")) {
+      const name = row.firstChild && row.firstChild.className !== "empty" && row.firstChild.textContent;
+      if (!name) continue;
+      const button = document.createElement("button");
+      button.className = "quiet show-presence";
+      button.textContent = "show";
+      button.dataset.room = name;
+      const td = document.createElement("td");
+      td.appendChild(button);
+      row.appendChild(td);
+    }
+    if (presenceRoom) await showPresence(presenceRoom);
     $("apikey-form").hidden = true;
   } catch (e) {
     /* shown in the key form or on the next poll */
   }
 }
+
+// ------------------------------------------------------------------ presence of one room
+async function showPresence(key) {
+  presenceRoom = key;
+  const body = await api("/api/presence?room=" + encodeURIComponent(key));
+  $("presence").hidden = false;
+  $("presence-room").textContent = key;
+  let summary = body.count + (body.count === 1 ? " user" : " users") +
+    (body.scope === "cluster" ? " on every node" : " on this node (no presence rule)");
+  if (body.truncated) summary += ", first " + body.limit + " listed";
+  if (body.partial) summary += ", this node only: the broker is unreachable";
+  $("presence-summary").textContent = summary;
+  fillTable($("presence-members"), body.members.map((m) => [
+    m.clientId, m.user === null ? "–" : m.user,
+    m.since === null ? "–" : new Date(m.since).toISOString().slice(11, 19),
+  ]), "nobody");
+}
+
+$("rooms").addEventListener("click", (event) => {
+  const button = event.target.closest("button.show-presence");
+  if (button) showPresence(button.dataset.room).catch(() => {});
+});
+$("presence-close").addEventListener("click", () => {
+  presenceRoom = null;
+  $("presence").hidden = true;
+});
 
 $("apikey-form").addEventListener("submit", (event) => {
   event.preventDefault();

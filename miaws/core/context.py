@@ -21,6 +21,7 @@ from miaws.core.clock import Clock
 from miaws.core.errors import Forbidden, InvalidMessage, NotInRoom, clip
 from miaws.core.history import Joined, Position
 from miaws.core.model import Client, Outgoing
+from miaws.core.presence import PresenceReader, presence_reply
 from miaws.core.registry import LocalRegistry
 from miaws.core.rooms import room_allowed, room_key, valid_room
 
@@ -58,7 +59,16 @@ class Context:
     :ivar message_id: the request's ``id``, or None.
     """
 
-    __slots__ = ("client", "clock", "message_id", "_rooms", "_out", "_room_limits", "_join_gate")
+    __slots__ = (
+        "client",
+        "clock",
+        "message_id",
+        "_rooms",
+        "_out",
+        "_room_limits",
+        "_join_gate",
+        "_presence",
+    )
 
     def __init__(
         self,
@@ -68,6 +78,7 @@ class Context:
         message_id: Any,
         room_limits: tuple[int, int] = (0, 0),
         join_gate: JoinGate | None = None,
+        presence: PresenceReader | None = None,
     ) -> None:
         self.client = client
         self.clock = clock
@@ -76,6 +87,7 @@ class Context:
         self._out: list[Outgoing] = []  # what the dispatcher returns to the transport
         self._room_limits = room_limits  # (max rooms per client, max room members); 0: none
         self._join_gate = join_gate
+        self._presence = presence
 
     def timestamp(self) -> str:
         return self.clock.timestamp()
@@ -183,6 +195,26 @@ class Context:
         self._check_room(room)
         if not self._rooms.leave(self.client, room_key(self.client.namespace, room)):
             raise NotInRoom(room)
+
+    def presence(self, room: str) -> Awaitable[dict[str, Any]]:
+        """The ``presence`` reply for room, on every node: its members (oldest first, at most
+        ``rooms.presence_max_members``) and ``count``, the distinct users.
+
+        Raises :class:`NotInRoom` unless the sender is a member, :class:`Forbidden` unless
+        the room's rule (``rooms.rules``) has ``presence``."""
+        self._check_room(room)
+        self.require_member(room)
+        key = room_key(self.client.namespace, room)
+        reader = self._presence
+        rule = None if reader is None else reader.rule(key)
+        if reader is None or rule is None or not rule.presence:
+            raise Forbidden(f"Presence is not enabled for room {room}", {"room": room})
+        return self._presence_reply(reader, room, key)
+
+    @staticmethod
+    async def _presence_reply(reader: PresenceReader, room: str, key: str) -> dict[str, Any]:
+        members, partial = await reader.members(key)
+        return presence_reply(room, members, reader.cap, partial)
 
     @staticmethod
     def _check_room(room: str) -> None:

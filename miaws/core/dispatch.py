@@ -34,6 +34,7 @@ from miaws.core.errors import (
 )
 from miaws.core.model import Client, Outgoing
 from miaws.core.plugins import Registry
+from miaws.core.presence import PresenceReader
 from miaws.core.ratelimit import FLOODING, Limits, MessageLimits, RateLimiter
 from miaws.core.stats import Stats
 
@@ -111,6 +112,7 @@ class Dispatcher:
         self.rooms = rooms  # the broker: joins and leaves, and the local registry
         self.clock = clock or Clock()
         self.stats: Stats | None = None  # counters behind /metrics (the Service sets them)
+        self.presence: PresenceReader | None = None  # who is in a room (the Service sets it)
         self.registry = registry
         self.limits = limits or MessageLimits()
         self.join_gate: JoinGate | None = None  # rooms.join_proxy_url (the Service sets it)
@@ -209,7 +211,13 @@ class Dispatcher:
                 if verdict is False:
                     raise Forbidden(f"Not allowed: {kind}")
             ctx = Context(
-                client, self.rooms, self.clock, message_id, self._room_limits, self.join_gate
+                client,
+                self.rooms,
+                self.clock,
+                message_id,
+                self._room_limits,
+                self.join_gate,
+                self.presence,
             )
             stats = self.stats
             started = perf_counter() if stats is not None else 0.0

@@ -45,7 +45,8 @@ __all__ = [
 @dataclass(frozen=True)
 class HistoryRoom:
     """One history rule (``history.rooms`` in config.yaml): rooms whose name matches the glob
-    keep their last ``size`` messages for ``ttl`` seconds."""
+    keep their last ``size`` messages for ``ttl`` seconds.  A ``size`` of 0 matches and keeps
+    nothing: a ``rooms.rules`` entry without history, which later rules must not override."""
 
     match: str
     size: int = 100
@@ -124,6 +125,8 @@ class Rules:
             pass
         room = split_key(key)[1]
         found = next((r for r in self.rules if fnmatch.fnmatchcase(room, r.match)), None)
+        if found is not None and found.size < 1:
+            found = None  # a room rule without history (miaws.core.presence.RoomRules)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = found

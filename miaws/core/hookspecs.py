@@ -72,6 +72,26 @@ def client_disconnected(client: Client, code: int, reason: str) -> None:
     """
 
 
+@hookspec
+def room_joined(client: Client, room: str) -> None:
+    """A client of this node became a member of a room (not called when it joins again).
+
+    :param client: the member.
+    :param room: the room's name as the client gave it (its namespace is
+        ``client.namespace``).
+    """
+
+
+@hookspec
+def room_left(client: Client, room: str) -> None:
+    """A client of this node stopped being a member of a room: it left, or it disconnected
+    (then once per room, before ``client_disconnected``).
+
+    :param client: the former member.
+    :param room: the room's name as the client gave it.
+    """
+
+
 # ---------------------------------------------------------------- authorisation
 
 

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from miaws.core.model import Client, Encoded
 
-__all__ = ["LocalRegistry", "RoomListener"]
+__all__ = ["LocalRegistry", "RoomListener", "MemberListener"]
 
 
 class RoomListener(Protocol):
@@ -41,6 +41,14 @@ class RoomListener(Protocol):
         ...
 
 
+class MemberListener(Protocol):
+    """Told, synchronously, of every local join and leave (a disconnect leaves every room)."""
+
+    def member_joined(self, key: str, client: Client) -> None: ...
+
+    def member_left(self, key: str, client: Client) -> None: ...
+
+
 class LocalRegistry:
     """Clients and room memberships of this process."""
 
@@ -49,10 +57,15 @@ class LocalRegistry:
         self._namespaces: dict[str, dict[str, Client]] = {}  # namespace -> client id -> client
         self._rooms: dict[str, dict[Client, None]] = {}  # key -> insertion-ordered members
         self._listeners: tuple[RoomListener, ...] = ()
+        self._member_listeners: tuple[MemberListener, ...] = ()
 
     def watch(self, listener: RoomListener) -> None:
         """Tell listener from now on when a room key gets its first member or loses its last."""
         self._listeners = (*self._listeners, listener)
+
+    def watch_members(self, listener: MemberListener) -> None:
+        """Tell listener from now on of every join and leave of a local client."""
+        self._member_listeners = (*self._member_listeners, listener)
 
     # ------------------------------------------------------------ clients
     def add(self, client: Client) -> None:
@@ -95,6 +108,8 @@ class LocalRegistry:
         if first:
             for listener in self._listeners:
                 listener.room_occupied(key)
+        for member_listener in self._member_listeners:
+            member_listener.member_joined(key, client)
         return True
 
     def group_discard(self, key: str, client: Client) -> bool:
@@ -108,6 +123,8 @@ class LocalRegistry:
             del self._rooms[key]
             for listener in self._listeners:
                 listener.room_vacated(key)
+        for member_listener in self._member_listeners:
+            member_listener.member_left(key, client)
         return True
 
     def is_member(self, key: str, client: Client) -> bool:

@@ -8,6 +8,8 @@ from typing import Any
 import tornado.web
 
 from miaws.core.errors import BrokerUnavailable
+from miaws.core.presence import Member, presence_reply
+from miaws.core.rooms import split_key
 from miaws.ops.apikeys import api_keys, check_bearer
 from miaws.service import Service
 
@@ -18,6 +20,7 @@ __all__ = [
     "ReadyzHandler",
     "ClientsHandler",
     "RoomsHandler",
+    "PresenceHandler",
     "PluginsHandler",
 ]
 
@@ -131,6 +134,35 @@ class RoomsHandler(JSONHandler):
             self.send_json({"error": f"no cluster view: {exc}"}, 503)
             return
         self.send_json(self.service.rooms_info() if view is None else view.rooms())
+
+
+class PresenceHandler(JSONHandler):
+    """``GET /api/presence?room=KEY``: who is in a room (KEY as ``/api/rooms`` lists it).
+
+    A room whose rule tracks presence (``rooms.rules``) answers as the ``presence`` request
+    does, on every node (``"scope": "cluster"``); any other room lists this node's members
+    (``"scope": "local"``, ``since`` null)."""
+
+    async def get(self) -> None:
+        key = self.get_query_argument("room", "")
+        if not key:
+            self.send_json({"error": "room is missing; expected ?room=<room key>"}, 400)
+            return
+        namespace, room = split_key(key)
+        presence = self.service.presence
+        if presence.tracks(key):
+            members, partial = await presence.members(key)
+            body = presence_reply(room, members, presence.cap, partial)
+            body["scope"] = "cluster"
+        else:
+            local = [Member(c.client_id, c.user, 0) for c in self.service.local.members(key)]
+            body = presence_reply(room, local, presence.cap)
+            for m in body["members"]:
+                m["since"] = None
+            body["scope"] = "local"
+        del body["type"]
+        body["key"], body["namespace"] = key, namespace
+        self.send_json(body)
 
 
 class PluginsHandler(JSONHandler):

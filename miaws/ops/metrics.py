@@ -135,6 +135,8 @@ class MiawsCollector(Collector):
             value=broker.partitions,
         )
 
+        yield from _presence_metrics(self.service)
+
         latency = HistogramMetricFamily(
             "miaws_handler_seconds", "Time spent in message handlers, by type.", labels=["type"]
         )
@@ -160,6 +162,37 @@ class MiawsCollector(Collector):
                 calls.add_metric([name, outcome], count)
         yield circuit
         yield calls
+
+
+def _presence_metrics(service: Service) -> Iterator[Metric]:
+    """Presence store failures and, per webhook endpoint, events delivered and dropped."""
+    yield CounterMetricFamily(
+        "miaws_presence_errors",
+        "Presence steps that failed (the broker's store unreachable); their events are lost.",
+        value=service.presence.errors,
+    )
+    sender = service.webhooks
+    if sender is None:
+        return
+    delivered = CounterMetricFamily(
+        "miaws_webhook_events_delivered", "Webhook events POSTed with a 2xx answer.", labels=["url"]
+    )
+    dropped = CounterMetricFamily(
+        "miaws_webhook_events_dropped",
+        "Webhook events dropped: queue full, or retried for webhooks.retry_for in vain.",
+        labels=["url"],
+    )
+    for url in sender.urls:
+        delivered.add_metric([url], sender.delivered[url])
+        dropped.add_metric([url], sender.dropped[url])
+    yield delivered
+    yield dropped
+    posts = CounterMetricFamily(
+        "miaws_webhook_posts", "Webhook POSTs by result (ok, error).", labels=["result"]
+    )
+    for result in ("ok", "error"):
+        posts.add_metric([result], sender.posted[result])
+    yield posts
 
 
 def _by_label(name: str, doc: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:

@@ -12,6 +12,9 @@ running configuration stays.  Otherwise the sections that can change live are ap
   ``max_connections_per_ip`` from the next connection; a per-address cap switched on counts
   only the connections opened after it).
 - ``logging``, ``api``, ``console``: at once.
+- ``rooms``: the ``presence`` and ``join_leave`` of ``rooms.rules``, ``rooms.leave_delay`` and
+  ``rooms.presence_max_members`` apply to rooms from their next join (a leave pending now
+  keeps its delay); the ``history`` of a rule keeps its running value (needs a restart).
 
 Every other section (``server``, ``heartbeat``, sections of other features) keeps its running
 value; a change there is reported as needing a restart.
@@ -28,6 +31,7 @@ import tornado.web
 
 from miaws.config import ConfigError, Settings, load_settings, sections
 from miaws.core.plugins import build_registry
+from miaws.core.presence import RoomRules
 from miaws.ops.logs import configure_logging
 from miaws.service import Service
 
@@ -35,7 +39,7 @@ __all__ = ["ReloadResult", "reload_config", "LIVE_SECTIONS"]
 
 log = logging.getLogger("miaws")
 
-LIVE_SECTIONS = frozenset({"plugins", "schemas", "limits", "logging", "api", "console"})
+LIVE_SECTIONS = frozenset({"plugins", "schemas", "limits", "logging", "api", "console", "rooms"})
 
 
 @dataclass
@@ -102,6 +106,7 @@ def reload_config(service: Service, app: tornado.web.Application) -> ReloadResul
             extra={"event": "reload-refused"},
         )
         return ReloadResult(source, error=error)
+    history_changed = fresh.history_rules() != service.settings.history_rules()
     kept = {name: getattr(service.settings, name) for name in sections()}
     applied = {name: getattr(fresh, name) for name in LIVE_SECTIONS}
     service.settings = dataclasses.replace(fresh, **{**kept, **applied})
@@ -109,6 +114,13 @@ def reload_config(service: Service, app: tornado.web.Application) -> ReloadResul
         service.dispatcher.registry = registry
     app.settings["websocket_max_message_size"] = fresh.limits.max_message_bytes
     service.dispatcher.limits = fresh.limits  # rates and room limits: from the next message
+    rooms = fresh.rooms
+    service.presence.configure(
+        RoomRules(rooms.rules),
+        rooms.leave_delay,
+        rooms.presence_max_members,
+        service.presence.webhook_events,
+    )
     if any(k.startswith("logging.") for k in live):
         configure_logging(service.settings)
     result = ReloadResult(
@@ -116,6 +128,10 @@ def reload_config(service: Service, app: tornado.web.Application) -> ReloadResul
         applied=[k for k in changed if k in live],
         restart_required=[k for k in changed if k not in live],
     )
+    if (
+        history_changed and "history.rooms" not in changed
+    ):  # the brokers keep the history rules they started with
+        result.restart_required.append("rooms.rules (history)")
     log.info(
         "config reloaded from %s: applied [%s]; needs a restart: [%s]",
         source,

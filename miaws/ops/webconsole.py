@@ -1,7 +1,8 @@
 """The web console at ``/``: static HTML, JavaScript and CSS shipped in ``miaws/console/``.
 
-The page polls ``/health``, ``/api/clients`` and ``/api/rooms`` and has a panel that opens
-its own WebSocket to ``server.ws_path``.  ``console.enabled: false`` answers 404 (checked per
+The page polls ``/health``, ``/api/clients``, ``/api/rooms`` (and ``/api/presence`` of the
+room whose presence it shows) and has a panel that opens its own WebSocket to
+``server.ws_path``.  ``console.enabled: false`` answers 404 (checked per
 request, so a config reload switches it on or off).
 """
 
