@@ -24,6 +24,7 @@ from miaws.core.errors import CloseCode
 from miaws.ops.reload import ReloadResult, reload_config
 from miaws.service import Service
 from miaws.transport import accept
+from miaws.transport.protocol import run_corked
 from miaws.transport.upgrade import UpgradeServer
 
 __all__ = ["Server"]
@@ -67,6 +68,7 @@ class Server:
         nofile = accept.raise_nofile_limit()
         service.derived_max_connections = accept.connection_cap(nofile)
         service.config_path, service.port_override = self.config_path, self.port_override
+        service.broker.read_with(run_corked)  # messages from other nodes: corked writes
         await service.broker.start()
         await service.presence.start()
         if service.webhooks is not None:

@@ -29,7 +29,7 @@ the Redis broker (:mod:`miaws.broker.redis_presence`); :mod:`miaws.broker.presen
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +164,14 @@ class Broker(ABC):
         stored, else the value already there.  Without it, returns None.  May raise
         :class:`~miaws.core.errors.BrokerUnavailable`.  (The publish API's idempotency keys.)
         """
+
+    def read_with(self, run: Callable[..., Any]) -> None:
+        """Have each batch of messages read from the other nodes at once handled as
+        ``run(handle, data)``: the server passes the transport's corking
+        (:func:`miaws.transport.protocol.run_corked`), so what such a read sends leaves in one
+        write per connection, as for a client's read.  The broker may not import the
+        transport, hence the hook; a broker with no other nodes ignores it."""
+        return None
 
     # ------------------------------------------------------------ lifecycle and views
     @abstractmethod

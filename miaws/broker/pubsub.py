@@ -42,6 +42,10 @@ def _command(*args: bytes | str) -> bytes:
 class Subscription(asyncio.Protocol):
     """One pub/sub connection; ``on_message(channel, data)`` for every message pushed."""
 
+    read_with: Callable[..., Any] | None = None
+    """How one read's messages are handled, ``read_with(handle, data)``
+    (:meth:`miaws.broker.base.Broker.read_with`, the transport's corking); None: directly."""
+
     def __init__(
         self,
         on_message: Callable[[bytes, bytes], None],
@@ -111,6 +115,13 @@ class Subscription(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
+        run = Subscription.read_with
+        if run is None:
+            self._handle(data)
+        else:
+            run(self._handle, data)
+
+    def _handle(self, data: bytes) -> None:
         reader = self._reader
         reader.feed(data)
         on_message = self.on_message

@@ -51,7 +51,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -59,6 +59,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from miaws.broker.base import Broker, BrokerCounters, ClusterView, NodeCounts, no_history
 from miaws.broker.bus import Bus, BusErrors, Call, Publish
+from miaws.broker.pubsub import Subscription
 from miaws.broker.redis_history import RedisHistory
 from miaws.broker.redis_interest import Interest
 from miaws.broker.redis_keys import RedisKeys
@@ -434,6 +435,10 @@ class RedisBroker(Broker):
         if ready is None:
             return no_history(since)
         return _after(ready, no_history(since))
+
+    def read_with(self, run: Callable[..., Any]) -> None:
+        # Every pub/sub connection of this process (one node a process).
+        Subscription.read_with = run
 
     def history_covers(self, key: str) -> bool:
         return self.shared is not None and self.shared.covers(key)
