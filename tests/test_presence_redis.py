@@ -231,3 +231,41 @@ async def test_a_killed_node_drops_its_members_and_vacates_its_rooms(
         ("team:shared", "alice"),
     ]
     assert receiver.bad_signatures == 0
+
+
+async def test_a_leave_pending_on_a_killed_node_is_confirmed_by_a_survivor(
+    nodes: list[ServerProcess], join: Join, receiver: WebhookReceiver
+) -> None:
+    """bob leaves team:v (his alone) and team:p (with alice on node 0) from node 1, carol
+    moves from node 1 to node 0; node 1 is SIGKILLed while rooms.leave_delay runs: node 0
+    posts one member-removed per room of bob's and one room-vacated for team:v, alice gets
+    bob's member-left once, and carol's move stays no event."""
+    a, b = nodes
+    alice = await join(a, "a", "team:p")
+    bob = await join(b, "b", "team:v", "team:p")
+    carol = await join(b, "c", "team:p")
+    await until(alice, "member-joined", user="carol")
+    await receiver.wait_for("member-added", 4)
+    await asyncio.sleep(HEARTBEAT)  # the alive keys have been refreshed since the joins
+    left_at = time.monotonic()
+    carol.close()
+    await join(a, "c", "team:p")  # back within the delay: her leave is cancelled
+    bob.close()
+    await asyncio.sleep(DELAY / 4)  # the leave has reached Redis; its delay still runs
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait(5)
+    assert receiver.of("member-removed") == []  # not before the delay
+    budget = DELAY + 3 * HEARTBEAT + 1.0
+    left = await until(alice, "member-left", timeout=budget, user="bob")
+    assert left["room"] == "team:p"
+    await receiver.wait_for("room-vacated", timeout=budget)
+    await receiver.wait_for("member-removed", 2, timeout=budget)
+    assert max(t for t, _ in receiver.events) - left_at <= budget
+    await asyncio.sleep(DELAY + 3 * HEARTBEAT)  # a second copy would have come by now
+    assert [e["room"] for e in receiver.of("room-vacated")] == ["team:v"]
+    removed = sorted((e["room"], e["user"]) for e in receiver.of("member-removed"))
+    assert removed == [("team:p", "bob"), ("team:v", "bob")]
+    await no_member_events(alice, 0.1)  # no second member-left
+    members = (await presence(alice, "team:p"))["members"]
+    assert sorted(m["user"] for m in members) == ["alice", "carol"]
+    assert receiver.bad_signatures == 0

@@ -14,13 +14,17 @@ slot; a script touches one room only):
 
 Node keys (one slot each, never in a script with a room's keys): ``<prefix>:presence:nodes``
 (every node that holds presence), ``<prefix>:presence:rooms:<node>`` (the rooms it has members
-in) and ``<prefix>:presence:alive:<node>``, written every half heartbeat with a time to live
-of :data:`ALIVE_HEARTBEATS`.  Every node checks a quarter heartbeat apart whether the others'
-keys still live; the first to find one gone *sweeps* that node's rooms: its members leave, as
-if they had left :data:`ALIVE_HEARTBEATS` heartbeats ago (their node has been silent that
-long), so a killed node's members drop out, and its emptied rooms are vacated, within three
-heartbeats (plus what of ``rooms.leave_delay`` is left).  A node that finds its own key gone
-(Redis lost it, or others swept it during an outage) joins its members again.
+in), ``<prefix>:presence:pending:<node>`` (hash: mark token -> ``room key \\n ms``, the leaves
+whose marks that node has yet to confirm) and ``<prefix>:presence:alive:<node>``, written every
+half heartbeat with a time to live of :data:`ALIVE_HEARTBEATS`.  Every node checks a quarter
+heartbeat apart whether the others' keys still live; the first to find one gone *sweeps* that
+node's rooms: its members leave, as if they had left :data:`ALIVE_HEARTBEATS` heartbeats ago
+(their node has been silent that long), so a killed node's members drop out, and its emptied
+rooms are vacated, within three heartbeats (plus what of ``rooms.leave_delay`` is left).  The
+sweeper also adopts the dead node's pending leaves (those of members that left before it died):
+their marks still standing are confirmed by the sweeper once the rest of the delay has passed,
+so a room a dead node's last member had left is still vacated, once.  A node that finds its own
+key gone (Redis lost it, or others swept it during an outage) joins its members again.
 """
 
 from __future__ import annotations
@@ -124,6 +128,21 @@ return {left, vacated, 1}
 """
 )
 
+# KEYS: gone, vacating   ARGV: token -> {left marks of that leave still standing, vacate mark
+# or false}: a dead node's pending leave, for its sweeper to confirm.
+_STANDING = """
+local left = {}
+local marks = redis.call('HVALS', KEYS[1])
+for i = 1, #marks do
+  if string.sub(marks[i], 1, #ARGV[1] + 1) == ARGV[1] .. '\\n' then
+    table.insert(left, marks[i])
+  end
+end
+local vacated = false
+if redis.call('GET', KEYS[2]) == ARGV[1] then vacated = ARGV[1] end
+return {left, vacated, 0}
+"""
+
 # KEYS: gone   ARGV: identity, mark
 _CONFIRM_LEFT = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
@@ -160,10 +179,13 @@ class RedisPresence:
         self.nodes_key = f"{prefix}:presence:nodes"
         self.rooms_key = f"{prefix}:presence:rooms:"
         self.alive_key = f"{prefix}:presence:alive:"
+        self.pending_key = f"{prefix}:presence:pending:"
+        self._unconfirmed: dict[str, int] = {}  # token -> marks of this node's leave to confirm
         self._local_members: LocalMembers = list  # this node's members, for a re-join
         self._join = redis.register_script(_JOIN)
         self._leave = redis.register_script(_LEAVE)
         self._sweep = redis.register_script(_SWEEP)
+        self._standing = redis.register_script(_STANDING)
         self._confirm_left = redis.register_script(_CONFIRM_LEFT)
         self._confirm_vacated = redis.register_script(_CONFIRM_VACATED)
         self._task: asyncio.Task[None] | None = None
@@ -190,20 +212,51 @@ class RedisPresence:
     async def leave(self, key: str, member: Member) -> LeaveResult:
         who = identity(member.client_id, member.user)
         keys = self._keys(key, self.node_id)
-        left, vacated, node_empty = await self._leave(
-            keys, [self.node_id, member.client_id, who, new_token()]
-        )
-        if node_empty:
-            await self._redis.srem(self.rooms_key + self.node_id, key)
+        token = new_token()
+        pending = self.pending_key + self.node_id
+        # Noted before the marks are set (same round trip), so a sweeper finds them however
+        # soon this node dies; dropped again if the leave set none.
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(pending, token, f"{key}\n{int(time.time() * 1000)}")
+        await self._leave(keys, [self.node_id, member.client_id, who, token], pipe)
+        _, (left, vacated, node_empty) = await pipe.execute()
+        marks = min(len(left), 1) + bool(vacated)
+        if marks:
+            self._unconfirmed[token] = marks
+        if node_empty or not marks:
+            pipe = self._redis.pipeline(transaction=False)
+            if node_empty:
+                pipe.srem(self.rooms_key + self.node_id, key)
+            if not marks:
+                pipe.hdel(pending, token)
+            await pipe.execute()
         return LeaveResult(_text(left[0]) if left else None, _text(vacated) if vacated else None)
 
     async def confirm_left(self, key: str, mark: str) -> bool:
         gone = self._keys(key, self.node_id)[4]
-        return bool(await self._confirm_left([gone], [mark.split("\n", 2)[1], mark]))
+        pipe = self._redis.pipeline(transaction=False)
+        await self._confirm_left([gone], [mark.split("\n", 2)[1], mark], pipe)
+        self._settle(mark, pipe)
+        return bool((await pipe.execute())[0])
 
     async def confirm_vacated(self, key: str, mark: str) -> bool:
         vacating = self._keys(key, self.node_id)[5]
-        return bool(await self._confirm_vacated([vacating], [mark]))
+        pipe = self._redis.pipeline(transaction=False)
+        await self._confirm_vacated([vacating], [mark], pipe)
+        self._settle(mark, pipe)
+        return bool((await pipe.execute())[0])
+
+    def _settle(self, mark: str, pipe: Any) -> None:
+        """Drop the leave from this node's pending ones (in Redis, with the confirm script)
+        once its last mark is being confirmed; a swept node's leave is not this node's."""
+        token = mark.split("\n", 1)[0]
+        count = self._unconfirmed.get(token)
+        if count is not None:
+            if count > 1:
+                self._unconfirmed[token] = count - 1
+            else:
+                del self._unconfirmed[token]
+                pipe.hdel(self.pending_key + self.node_id, token)
 
     async def members(self, key: str) -> list[Member]:
         """Members of every node whose alive key still stands."""
@@ -240,6 +293,7 @@ class RedisPresence:
         with contextlib.suppress(*BrokerErrors):
             pipe = self._redis.pipeline(transaction=False)
             pipe.delete(self.alive_key + self.node_id)
+            pipe.delete(self.pending_key + self.node_id)  # confirmed by the tracker's close
             pipe.srem(self.nodes_key, self.node_id)
             await pipe.execute()
 
@@ -305,14 +359,44 @@ class RedisPresence:
                     self._swept(key, LeaveResult(_text(mark), None), gone_for)
                 if result != LeaveResult():
                     self._swept(key, result, gone_for)
+        adopted = await self._adopt_pending(node, gone_for)
         pipe = self._redis.pipeline(transaction=False)
         pipe.delete(self.rooms_key + node)
+        pipe.delete(self.pending_key + node)
         pipe.srem(self.nodes_key, node)
         removed: Any = await pipe.execute()
         self.sweeps += 1
         log.warning(
-            "node %s stopped refreshing its presence; its members left %d rooms%s",
+            "node %s stopped refreshing its presence; its members left %d rooms%s%s",
             node,
             len(rooms),
-            "" if removed[1] else " (swept by another node too)",
+            f", {adopted} pending leaves adopted" if adopted else "",
+            "" if removed[2] else " (swept by another node too)",
         )
+
+    async def _adopt_pending(self, node: str, gone_for: float) -> int:
+        """Hand the dead node's pending leaves whose marks still stand to the tracker, to be
+        confirmed once what is left of the delay has passed (the confirm scripts check the
+        mark, so one confirmed or cancelled by a re-join meanwhile is not reported twice, and
+        of several sweepers only one reports it); how many were adopted."""
+        pending = await self._redis.hgetall(self.pending_key + node)
+        now_ms = time.time() * 1000
+        adopted = 0
+        for raw_token, raw_value in sorted(pending.items()):
+            token = _text(raw_token)
+            key, _, at = _text(raw_value).rpartition("\n")
+            left, vacated, _ = await self._standing(self._keys(key, node)[4:], [token])
+            if not left and not vacated:
+                continue
+            adopted += 1
+            if self._swept is None:
+                continue
+            since = max(gone_for, (now_ms - int(at)) / 1000 if at.isdigit() else 0.0)
+            for mark in left[1:]:
+                self._swept(key, LeaveResult(_text(mark), None), since)
+            self._swept(
+                key,
+                LeaveResult(_text(left[0]) if left else None, _text(vacated) if vacated else None),
+                since,
+            )
+        return adopted
