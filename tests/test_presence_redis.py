@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from helpers import ServerProcess
 from redis_server import RedisServer
 from sio_helpers import SioPeer
@@ -159,11 +160,22 @@ async def test_any_user_name_survives_the_shared_store(
     assert removed[0]["user"] == ODD
 
 
+def pending_leaves(redis_server: RedisServer) -> int:
+    """Leaves the nodes have noted as pending in Redis (for a sweeper to take over)."""
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=10)
+    try:
+        keys = list(client.scan_iter(match="*:presence:pending:*", count=100))
+        return sum(int(client.hlen(k)) for k in keys)
+    finally:
+        client.close()
+
+
 async def test_each_webhook_event_is_posted_once_by_the_cluster(
-    nodes: list[ServerProcess], join: Join, receiver: WebhookReceiver
+    nodes: list[ServerProcess], join: Join, receiver: WebhookReceiver, redis_server: RedisServer
 ) -> None:
     """Members on both nodes, alice on both: one room-occupied, one member-added per user,
-    and after everyone has gone one member-removed per user and one room-vacated."""
+    and after everyone has gone one member-removed per user and one room-vacated; no leave
+    is left noted as pending."""
     a, b = nodes
     peers = [
         await join(a, "a", "team:w"),
@@ -182,6 +194,7 @@ async def test_each_webhook_event_is_posted_once_by_the_cluster(
     assert sorted(e["user"] for e in receiver.of("member-removed")) == ["alice", "bob"]
     assert kinds[0] == "room-occupied"  # (two nodes' POSTs after it may cross)
     assert receiver.bad_signatures == 0
+    assert pending_leaves(redis_server) == 0
 
 
 async def test_moving_to_another_node_within_the_delay_is_no_event(
@@ -234,7 +247,7 @@ async def test_a_killed_node_drops_its_members_and_vacates_its_rooms(
 
 
 async def test_a_leave_pending_on_a_killed_node_is_confirmed_by_a_survivor(
-    nodes: list[ServerProcess], join: Join, receiver: WebhookReceiver
+    nodes: list[ServerProcess], join: Join, receiver: WebhookReceiver, redis_server: RedisServer
 ) -> None:
     """bob leaves team:v (his alone) and team:p (with alice on node 0) from node 1, carol
     moves from node 1 to node 0; node 1 is SIGKILLed while rooms.leave_delay runs: node 0
@@ -269,3 +282,4 @@ async def test_a_leave_pending_on_a_killed_node_is_confirmed_by_a_survivor(
     members = (await presence(alice, "team:p"))["members"]
     assert sorted(m["user"] for m in members) == ["alice", "carol"]
     assert receiver.bad_signatures == 0
+    assert pending_leaves(redis_server) == 0  # the dead node's were taken over
