@@ -36,8 +36,8 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
+from miaws.broker.bus import BusErrors
 from miaws.core.presence import (
     JoinResult,
     LeaveResult,
@@ -57,7 +57,7 @@ log = logging.getLogger("miaws.broker")
 ALIVE_HEARTBEATS = 2.5
 """A node whose alive key was not refreshed for this many heartbeats is gone."""
 MARK_TTL_MS = 600_000  # a pending mark nobody confirmed (its node died) is forgotten then
-BrokerErrors = (RedisError, OSError)
+BrokerErrors = BusErrors  # RedisClusterException too: a cluster with no node answering
 
 # KEYS: c, nodes, u, n, gone, vacating   ARGV: node, client id, identity, member
 _JOIN = """
