@@ -712,6 +712,7 @@ def _validate(s: Settings) -> None:
         )
     _validate_backends(src, s)
     _validate_compression(src, s.compression)
+    _validate_presence_broker(src, s)
 
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
@@ -801,6 +802,22 @@ def _validate_backends(src: str, s: Settings) -> None:
             f"{src}: proxy.types is set but the plugin proxy is not in plugins.enabled; "
             "add proxy there"
         )
+
+
+def _validate_presence_broker(src: str, s: Settings) -> None:
+    """Presence's Redis store runs its scripts in pipelines, which redis-py's cluster client
+    refuses: on ``redis-cluster`` the settings that need it stop start-up instead."""
+    if s.broker.type != "redis-cluster":
+        return
+    why = "expected none with broker.type redis-cluster (presence needs redis or memory)"
+    for i, rule in enumerate(s.rooms.rules):
+        for key in ("presence", "join_leave"):
+            if getattr(rule, key):
+                raise ConfigError(f"{src}: rooms.rules[{i}].{key} is true; {why}")
+    for i, endpoint in enumerate(s.webhooks.endpoints):
+        tracked = [e for e in endpoint.events if e.startswith(("room-", "member-"))]
+        if tracked:
+            raise ConfigError(f"{src}: webhooks.endpoints[{i}].events has {tracked[0]!r}; {why}")
 
 
 def _validate_compression(src: str, c: CompressionSettings) -> None:

@@ -77,6 +77,16 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
         ("server: [1]\n", "server has value [1]; expected a mapping"),
         ("- 1\n", "the file must hold a mapping"),
         ("server:\n  port: [\n", "not valid YAML at line"),
+        (
+            "broker:\n  type: redis-cluster\n"
+            "rooms:\n  rules:\n    - {match: 'a*', presence: true}\n",
+            "rooms.rules[0].presence is true; expected none with broker.type redis-cluster",
+        ),
+        (
+            "broker:\n  type: redis-cluster\nwebhooks:\n  - url: http://127.0.0.1:9/\n"
+            "    secret: s\n    events: [client-connected, room-vacated]\n",
+            "webhooks.endpoints[0].events has 'room-vacated'",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:
