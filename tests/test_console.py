@@ -91,10 +91,10 @@ async def test_console_panel_and_registry(
         # the raw box sends any text as typed: a type of one's own, or a malformed message
         await page.fill("#raw-text", '{"type":"ping","id":"raw-1"}')
         await page.click("#raw")
-        assert '"id":"raw-1"' in await received(page, "pong")
+        assert '"id":"raw-1"' in await received(page, "pong", "raw-1")
         await page.fill("#raw-text", "not json")
         await page.click("#raw")
-        assert "invalid-json" in await received(page, "error")
+        assert "invalid-json" in await received(page, "error", "invalid-json")
 
         shot = tmp_path / "console.png"
         await page.screenshot(path=str(shot))
