@@ -71,6 +71,7 @@ from miaws.core.errors import BrokerUnavailable, ConfigError
 from miaws.core.history import HistoryRoom, Joined, Position
 from miaws.core.model import Client, Encoded
 from miaws.core.registry import LocalRegistry
+from miaws.core.tasks import cancel_and_wait
 
 __all__ = ["RedisBroker", "RemoteEncoded", "TTL_HEARTBEATS", "make_bus", "wire_message"]
 
@@ -577,9 +578,7 @@ class RedisBroker(Broker):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._outbox.join(), 1.0)
         self.interest.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self._up:
             with contextlib.suppress(*BrokerErrors):

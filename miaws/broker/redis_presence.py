@@ -49,6 +49,7 @@ from miaws.core.presence import (
     identity,
     new_token,
 )
+from miaws.core.tasks import cancel_and_wait
 
 __all__ = ["RedisPresence", "ALIVE_HEARTBEATS"]
 
@@ -285,11 +286,8 @@ class RedisPresence:
 
     async def close(self) -> None:
         """Stop watching; this node's members leave with its connections (clean stop)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
         with contextlib.suppress(*BrokerErrors):
             pipe = self._redis.pipeline(transaction=False)
             pipe.delete(self.alive_key + self.node_id)

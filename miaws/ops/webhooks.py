@@ -17,7 +17,6 @@ batches, and miaws's outgoing backend calls use the same library.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from miaws.config import WebhookEndpoint, WebhooksSettings
 from miaws.core.model import encode_json_bytes
+from miaws.core.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     import aiohttp
@@ -114,10 +114,7 @@ class WebhookSender:
         ):
             await asyncio.sleep(0.02)
         for endpoint in self._endpoints:
-            if endpoint.task is not None:
-                endpoint.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await endpoint.task
+            await cancel_and_wait([endpoint.task])
             left = endpoint.queue.qsize()
             if left:
                 self._drop(endpoint, left, "server stopping")
