@@ -52,14 +52,15 @@ The contract, which every bus keeps:
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Collection, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from redis.exceptions import RedisClusterException, RedisError
 
-__all__ = ["Bus", "BusErrors", "BusListener", "Call", "Publish"]
+__all__ = ["Confirmations", "Bus", "BusErrors", "BusListener", "Call", "Publish"]
 
 BusErrors = (RedisError, RedisClusterException, OSError)
 """What a bus command raises when Redis could not be reached or refused (RedisClusterException:
@@ -98,6 +99,52 @@ class BusListener(Protocol):
         """A pub/sub connection was lost; messages published from now on until
         :meth:`bus_up` do not reach this node."""
         ...
+
+
+class Confirmations:
+    """Which wanted channels Redis has confirmed, and who waits for which (both buses'
+    bookkeeping behind :meth:`Bus.subscribe`'s awaitable)."""
+
+    def __init__(self) -> None:
+        self.confirmed: set[str] = set()
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+
+    def wait(self, channels: Iterable[str]) -> Awaitable[None]:
+        """Done when every one of channels is confirmed (at once if they all are)."""
+        loop = asyncio.get_running_loop()
+        waits = []
+        for channel in channels:
+            if channel not in self.confirmed:
+                future = self._waiting.get(channel)
+                if future is None:
+                    future = self._waiting[channel] = loop.create_future()
+                waits.append(future)
+        if not waits:
+            done = loop.create_future()
+            done.set_result(None)
+            return done
+        return cast(Awaitable[None], asyncio.gather(*waits))
+
+    def confirm(self, channel: str) -> None:
+        self.confirmed.add(channel)
+        self._release(channel)
+
+    def drop(self, channel: str) -> None:
+        """Not wanted any more: not confirmed, and nobody needs to wait for it."""
+        self.confirmed.discard(channel)
+        self._release(channel)
+
+    def release_all(self) -> None:
+        """The bus is closing: every waiter is done."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_result(None)
+        self._waiting.clear()
+
+    def _release(self, channel: str) -> None:
+        future = self._waiting.pop(channel, None)
+        if future is not None and not future.done():
+            future.set_result(None)
 
 
 class Bus(ABC):

@@ -30,13 +30,13 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Collection, Iterable, Sequence
-from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio.cluster import RedisCluster
 
-from miaws.broker.bus import Bus, BusErrors, BusListener, Call, Publish
+from miaws.broker.bus import Bus, BusErrors, BusListener, Call, Confirmations, Publish
 from miaws.broker.sharded import ShardConnection
+from miaws.core.tasks import cancel_and_wait
 
 __all__ = ["ClusterBus"]
 
@@ -71,8 +71,7 @@ class ClusterBus(Bus):
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self._wanted: set[str] = set()
-        self._confirmed: set[str] = set()
-        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._confirmations = Confirmations()
         self._where: dict[str, str] = {}  # channel -> "host:port" it was subscribed on
         self._conns: dict[str, ShardConnection] = {}
         self._stale: asyncio.Event | None = None
@@ -103,22 +102,11 @@ class ClusterBus(Bus):
 
     # ------------------------------------------------------------ subscriptions
     def subscribe(self, channels: Collection[str]) -> Awaitable[None]:
-        loop = asyncio.get_running_loop()
-        waits = []
         for channel in channels:
             if channel not in self._wanted:
                 self._wanted.add(channel)
                 self._mark_stale()
-            if channel not in self._confirmed:
-                future = self._waiting.get(channel)
-                if future is None:
-                    future = self._waiting[channel] = loop.create_future()
-                waits.append(future)
-        if not waits:
-            done = loop.create_future()
-            done.set_result(None)
-            return done
-        return cast(Awaitable[None], asyncio.gather(*waits))
+        return self._confirmations.wait(channels)
 
     def unsubscribe(self, channels: Collection[str]) -> None:
         by_conn: dict[str, list[str]] = defaultdict(list)
@@ -126,10 +114,7 @@ class ClusterBus(Bus):
             if channel not in self._wanted:
                 continue
             self._wanted.discard(channel)
-            self._confirmed.discard(channel)
-            future = self._waiting.pop(channel, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+            self._confirmations.drop(channel)
             where = self._where.pop(channel, None)
             if where is not None and where in self._conns:
                 by_conn[where].append(channel)
@@ -200,7 +185,7 @@ class ClusterBus(Bus):
             except (*BusErrors, asyncio.TimeoutError) as exc:
                 self._down(exc)
                 self._refresh = True
-            if self._confirmed >= self._wanted and not self._stale.is_set():
+            if self._confirmations.confirmed >= self._wanted and not self._stale.is_set():
                 if not self._up:
                     self._up, self._told_down = True, False
                     listener.bus_up(self._again)
@@ -220,12 +205,12 @@ class ClusterBus(Bus):
         for channel in self._wanted:
             owner = self._owner(channel)
             where = self._where.get(channel)
-            if where == owner and channel in self._confirmed and owner in self._conns:
+            if where == owner and channel in self._confirmations.confirmed and owner in self._conns:
                 continue
             if where is not None and where != owner and where in self._conns:
                 with contextlib.suppress(ConnectionError):
                     self._conns[where].sunsubscribe([channel])
-            self._confirmed.discard(channel)
+            self._confirmations.confirmed.discard(channel)
             self._where[channel] = owner
             moves[owner].append(channel)
         for owner, names in moves.items():
@@ -254,10 +239,7 @@ class ClusterBus(Bus):
     def _confirm(self, channel_b: bytes) -> None:
         channel = channel_b.decode()
         if channel in self._wanted:
-            self._confirmed.add(channel)
-            future = self._waiting.pop(channel, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+            self._confirmations.confirm(channel)
 
     def _down(self, error: BaseException) -> None:
         """Once per loss (and once for a failed first attempt): tell the listener."""
@@ -272,7 +254,7 @@ class ClusterBus(Bus):
             return
         key = (owner, why)
         self._unlogged[key] = self._unlogged.get(key, 0) + len(lost)
-        self._confirmed -= lost
+        self._confirmations.confirmed -= lost
         for channel in lost:
             if self._where.get(channel) == owner:
                 del self._where[channel]
@@ -310,18 +292,13 @@ class ClusterBus(Bus):
 
     async def close(self) -> None:
         self._wanted = set()  # what closes now is not lost
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
         for conn in list(self._conns.values()):
             conn.close()
         self._conns.clear()
         self._up = False
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_result(None)
-        self._waiting.clear()
+        self._confirmations.release_all()
         await self._redis.aclose()
 
     def __repr__(self) -> str:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Collection, Sequence
-from typing import cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from miaws.broker.bus import Bus, BusErrors, BusListener, Call, Publish
+from miaws.broker.bus import Bus, BusErrors, BusListener, Call, Confirmations, Publish
 from miaws.broker.pubsub import Subscription
+from miaws.core.tasks import cancel_and_wait
 
 __all__ = ["ServerBus"]
 
@@ -39,8 +39,7 @@ class ServerBus(Bus):
             retry=Retry(NoBackoff(), 0),
         )
         self._wanted: set[str] = set()
-        self._confirmed: set[str] = set()
-        self._waiting: dict[str, asyncio.Future[None]] = {}  # channel -> its confirmation
+        self._confirmations = Confirmations()
         self._to_subscribe: set[str] = set()
         self._to_unsubscribe: set[str] = set()
         self._flush_scheduled = False
@@ -66,35 +65,21 @@ class ServerBus(Bus):
 
     # ------------------------------------------------------------ subscriptions
     def subscribe(self, channels: Collection[str]) -> Awaitable[None]:
-        loop = asyncio.get_running_loop()
-        waits = []
         for channel in channels:
             if channel not in self._wanted:
                 self._wanted.add(channel)
                 self._to_unsubscribe.discard(channel)
                 self._to_subscribe.add(channel)
-            if channel not in self._confirmed:
-                future = self._waiting.get(channel)
-                if future is None:
-                    future = self._waiting[channel] = loop.create_future()
-                waits.append(future)
         self._schedule_flush()
-        if not waits:
-            done = loop.create_future()
-            done.set_result(None)
-            return done
-        return cast(Awaitable[None], asyncio.gather(*waits))
+        return self._confirmations.wait(channels)
 
     def unsubscribe(self, channels: Collection[str]) -> None:
         for channel in channels:
             if channel in self._wanted:
                 self._wanted.discard(channel)
-                self._confirmed.discard(channel)
+                self._confirmations.drop(channel)
                 self._to_subscribe.discard(channel)
                 self._to_unsubscribe.add(channel)
-                future = self._waiting.pop(channel, None)
-                if future is not None and not future.done():
-                    future.set_result(None)  # nobody needs it any more
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -122,10 +107,7 @@ class ServerBus(Bus):
     def _confirm(self, channel_b: bytes) -> None:
         channel = channel_b.decode()
         if channel in self._wanted:
-            self._confirmed.add(channel)
-            future = self._waiting.pop(channel, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+            self._confirmations.confirm(channel)
 
     @property
     def subscribed(self) -> bool:
@@ -157,7 +139,7 @@ class ServerBus(Bus):
                     self.url, listener.bus_message, self.timeout, self._confirm
                 )
                 self._sub = sub
-                self._confirmed.clear()
+                self._confirmations.confirmed.clear()
                 self._to_subscribe.clear()
                 self._to_unsubscribe.clear()
                 sub.subscribe(sorted(self._wanted))
@@ -183,15 +165,10 @@ class ServerBus(Bus):
             delay = min(delay * 2, self.retry_max)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
         self._subscribed = False
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_result(None)
-        self._waiting.clear()
+        self._confirmations.release_all()
         await self._redis.aclose()
 
     def __repr__(self) -> str:
