@@ -20,7 +20,6 @@ Histories are kept per room *key* (see :mod:`miaws.core.rooms`); the rules match
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import secrets
 import time
@@ -29,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from miaws.core.rooms import split_key
+from miaws.core.rooms import KeyRules
 
 __all__ = [
     "HistoryRoom",
@@ -106,31 +105,15 @@ class Joined(NamedTuple):
     messages: list[dict[str, Any]]
 
 
-class Rules:
-    """The ``history.rooms`` rules, matched by glob (first match wins), cached per room key.
-
-    Histories are kept per room key (:func:`~miaws.core.rooms.room_key`: room ``feed`` of the
-    Socket.IO namespace ``/chat`` is ``/chat#feed``), but the rules name rooms as clients do,
-    so a rule is matched against the room name of the key, whatever its namespace."""
-
-    def __init__(self, rules: Sequence[HistoryRoom]) -> None:
-        self.rules = list(rules)
-        self._cache: dict[str, HistoryRoom | None] = {}
+class Rules(KeyRules[HistoryRoom]):
+    """The rules that keep a history, matched by glob against the room name of a key (first
+    match wins; see :class:`~miaws.core.rooms.KeyRules`)."""
 
     def rule(self, key: str) -> HistoryRoom | None:
-        """The first rule whose glob matches the room of key, or None."""
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
-        room = split_key(key)[1]
-        found = next((r for r in self.rules if fnmatch.fnmatchcase(room, r.match)), None)
-        if found is not None and found.size < 1:
-            found = None  # a room rule without history (miaws.core.presence.RoomRules)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = found
-        return found
+        """The first rule whose glob matches the room of key, or None (also when that rule
+        keeps no history: a room rule without one, :class:`miaws.core.presence.RoomRules`)."""
+        found = self.first(key)
+        return found if found is not None and found.size >= 1 else None
 
 
 @dataclass

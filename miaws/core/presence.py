@@ -24,7 +24,6 @@ meaning; :class:`~miaws.broker.presence.PresenceTracker` drives them and runs th
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import secrets
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from miaws.core.history import HistoryRoom
-from miaws.core.rooms import split_key
+from miaws.core.rooms import KeyRules
 
 __all__ = [
     "HistoryLimits",
@@ -68,24 +67,11 @@ class RoomRule:
     history: HistoryLimits | None = None  # None: no history for these rooms
 
 
-class RoomRules:
-    """Rules matched against the room name of a key, first match wins, cached per key."""
-
-    def __init__(self, rules: Sequence[RoomRule]) -> None:
-        self.rules = tuple(rules)
-        self._cache: dict[str, RoomRule | None] = {}
+class RoomRules(KeyRules[RoomRule]):
+    """``rooms.rules``, matched against the room name of a key, first match wins."""
 
     def rule(self, key: str) -> RoomRule | None:
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
-        room = split_key(key)[1]
-        found = next((r for r in self.rules if fnmatch.fnmatchcase(room, r.match)), None)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = found
-        return found
+        return self.first(key)
 
     def history_rules(self) -> list[HistoryRoom]:
         """The history part, as the brokers take it.  A rule without history comes out as

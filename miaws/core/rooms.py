@@ -11,9 +11,12 @@ members and :mod:`miaws.broker` carries messages to them.
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from collections.abc import Sequence
+from typing import Generic, Protocol, TypeVar
 
-__all__ = ["ROOM_NAME", "valid_room", "room_key", "split_key", "room_allowed"]
+__all__ = ["ROOM_NAME", "valid_room", "room_key", "split_key", "room_allowed", "KeyRules"]
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -45,3 +48,36 @@ def room_allowed(room: str, allowed: frozenset[str] | None) -> bool:
     if allowed is None or room in allowed:
         return True
     return any(p.endswith("*") and room.startswith(p[:-1]) for p in allowed)
+
+
+class _Glob(Protocol):
+    @property
+    def match(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Glob)
+
+
+class KeyRules(Generic[R]):
+    """Rules (anything with a ``match`` glob) matched against the room name of a key, first
+    match wins, cached per key.  The rules name rooms as clients do, so room ``feed`` of the
+    Socket.IO namespace ``/chat`` (key ``/chat#feed``) matches ``feed*`` whatever its
+    namespace."""
+
+    CACHE_MAX = 10_000
+
+    def __init__(self, rules: Sequence[R]) -> None:
+        self.rules = tuple(rules)
+        self._cache: dict[str, R | None] = {}
+
+    def first(self, key: str) -> R | None:
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        room = split_key(key)[1]
+        found = next((r for r in self.rules if fnmatch.fnmatchcase(room, r.match)), None)
+        if len(self._cache) > self.CACHE_MAX:
+            self._cache.clear()
+        self._cache[key] = found
+        return found
