@@ -217,10 +217,28 @@ async def test_the_websockets_library_negotiates_and_talks(ws_url: str) -> None:
 
 @pytest.mark.config(COMPRESSED)
 async def test_socketio_follows_the_same_setting(port: int) -> None:
-    """compression.enabled turns permessage-deflate on for Socket.IO's WebSocket too."""
+    """compression.enabled turns permessage-deflate on for Socket.IO's WebSocket too: a
+    compressed event is read, its ack and the big reply come compressed (from min_size on),
+    a small packet as it is."""
     ws = await RawWS.open(port, "/socket.io/?EIO=4&transport=websocket", headers=OFFER)
     assert ws.status == 101
     assert ws.headers["sec-websocket-extensions"].startswith("permessage-deflate")
+
+    async def packet() -> str:
+        frame = await ws.read_frame()
+        assert frame is not None and frame[0] == 0x1, frame
+        return (inflate(frame[1]) if ws.rsv1 else frame[1]).decode()
+
+    assert (await packet()).startswith("0{")  # Engine.IO's open packet
+    ws.send_raw(client_frame(b"40", 0x1))
+    assert (await packet()).startswith("40{")  # CONNECT answered
+    assert '"type":"welcome"' in await packet() and not ws.rsv1  # 200-odd bytes: as it is
+    big = "y" * 3000
+    event = '421["echo",' + json.dumps({"type": "echo", "message": big}) + "]"
+    ws.send_raw(client_frame(deflate(event.encode()), 0x1, rsv=RSV1))
+    got = [await packet(), await packet()]
+    assert ws.rsv1  # the reply of over 1 KiB came compressed
+    assert any(p.startswith("431[") and big in p for p in got), [p[:40] for p in got]
     # End the session as a client does (a close frame, answered), so no Engine.IO task of it
     # is left pending when the server stops.
     ws.send_raw(client_frame(b"\x03\xe8", 0x8))

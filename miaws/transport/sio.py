@@ -33,6 +33,7 @@ from miaws.service import Service
 from miaws.transport import sio_wire
 from miaws.transport.admission import SLOW_CONSUMER, Refused, refuse_request
 from miaws.transport.auth import Identity
+from miaws.transport.deflate import DeflateProtocol, compression_options
 from miaws.transport.protocol import MiawsProtocol
 
 __all__ = ["SocketIOBridge", "SocketIOClient", "REASON_CODES"]
@@ -158,6 +159,8 @@ class SocketIOBridge:
         self.service = service
         s = service.settings
         self.compression = compression_enabled(s)
+        c = s.compression
+        self.compression_options = compression_options(self.compression, c.level, c.min_size)
         options: dict[str, Any] = {
             "max_http_buffer_size": s.limits.max_message_bytes,
             "http_compression": self.compression,  # Engine.IO's default is on
@@ -191,6 +194,7 @@ class SocketIOBridge:
         base: Any = socketio.get_tornado_handler(self.sio)
         admission = self.service.admission
         compression = self.compression
+        offer = self.compression_options
         bridge = self
         sockets = self.sio.eio.sockets
 
@@ -251,10 +255,10 @@ class SocketIOBridge:
 
             def get_websocket_protocol(self) -> Any:
                 protocol = super().get_websocket_protocol()
-                if protocol is not None and not compression:
-                    # The native endpoint's reader and corked writes (as WebSocketEndpoint
-                    # does); with permessage-deflate, Tornado's own protocol.
-                    protocol.__class__ = MiawsProtocol
+                if protocol is not None:
+                    # The native endpoint's reader and corked writes, and its
+                    # permessage-deflate when compression is on (as WebSocketEndpoint does).
+                    protocol.__class__ = DeflateProtocol if compression else MiawsProtocol
                 return protocol
 
             def open(self, *args: Any, **kwargs: Any) -> Any:
@@ -288,7 +292,7 @@ class SocketIOBridge:
             def get_compression_options(self) -> dict[str, Any] | None:
                 # Engine.IO's handler offers permessage-deflate to every WebSocket ({}); it
                 # follows miaws's setting instead (None: not negotiated).
-                return {} if compression else None
+                return offer
 
         return Handler
 

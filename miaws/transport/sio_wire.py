@@ -31,6 +31,7 @@ import tornado.httputil
 from tornado.iostream import StreamClosedError
 
 from miaws.core.model import decode_json_fast
+from miaws.transport.deflate import Deflater
 from miaws.transport.protocol import ListQueue, lighten_stream
 
 __all__ = [
@@ -205,8 +206,12 @@ def write(socket: Any, text: str, frame: bytes | None = None) -> None:
         conn = ws.ws_connection
         if conn is None or conn.is_closing():
             return  # the WebSocket is going; Engine.IO ends the session
+        deflater: Deflater | None = conn._compressor
         try:
-            conn.send_frame(frame or text_frame_of(("4" + text).encode()))
+            if deflater is None:
+                conn.send_frame(frame or text_frame_of(("4" + text).encode()))
+            else:  # permessage-deflate: the Engine.IO packet, compressed from min_size on
+                conn.send_frame(deflater.frame(0x1, ("4" + text).encode()))
         except StreamClosedError:
             pass
         return
