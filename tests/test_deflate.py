@@ -244,3 +244,49 @@ async def test_socketio_follows_the_same_setting(port: int) -> None:
     ws.send_raw(client_frame(b"\x03\xe8", 0x8))
     assert await ws.close_code() == 1000
     ws.abort()
+
+
+@pytest.mark.config(COMPRESSED)
+async def test_a_socketio_broadcast_reaches_compressed_and_plain_members(port: int) -> None:
+    """Two compressed members and a plain one in a room: each of two broadcasts reaches every
+    member once, compressed where negotiated (deflated once per broadcast), as it is where
+    not."""
+
+    async def member(offer: bool) -> tuple[RawWS, Any]:
+        ws = await RawWS.open(
+            port, "/socket.io/?EIO=4&transport=websocket", headers=OFFER if offer else {}
+        )
+        assert ws.status == 101
+
+        async def packet() -> str:
+            while True:
+                frame = await ws.read_frame()
+                assert frame is not None and frame[0] == 0x1, frame
+                text = (inflate(frame[1]) if ws.rsv1 else frame[1]).decode()
+                if text != "2":  # Engine.IO's ping
+                    return text
+
+        assert (await packet()).startswith("0{")
+        ws.send_raw(client_frame(b"40", 0x1))
+        assert (await packet()).startswith("40{")
+        assert '"type":"welcome"' in await packet()
+        ws.send_raw(client_frame(b'421["join-room",{"type":"join-room","room":"r"}]', 0x1))
+        while '"type":"room-joined"' not in await packet():
+            pass
+        return ws, packet
+
+    members = [await member(True), await member(True), await member(False)]
+    sender, _ = members[0]
+    for text in ("a" * 2000, "b" * 3000):
+        event = {"type": "broadcast", "room": "r", "message": text}
+        sender.send_raw(client_frame(b'42["broadcast",' + json.dumps(event).encode() + b"]"))
+        for i, (ws, packet) in enumerate(members):
+            got = await packet()
+            while got.startswith("43"):  # the join's ack, or the sender's own
+                got = await packet()
+            assert got.startswith('42["broadcast",') and text in got, got[:60]
+            assert ws.rsv1 is (i < 2)
+    for ws, _ in members:
+        ws.send_raw(client_frame(b"\x03\xe8", 0x8))
+        assert await ws.close_code() == 1000
+        ws.abort()

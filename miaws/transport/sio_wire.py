@@ -187,6 +187,25 @@ def text_frame_of(data: bytes) -> bytes:
     return bytes((0x81, 127)) + n.to_bytes(8, "big") + data
 
 
+_last_deflated: tuple[bytes, int, int, bytes] | None = None  # frame, level, wbits -> deflated
+
+
+def deflated_frame(deflater: Deflater, text: str, frame: bytes | None) -> bytes:
+    """The frame of the Engine.IO packet ``4`` + text as deflater sends it.  A broadcast
+    hands every recipient the same frame object (SocketIOBridge.encode), so the last one
+    deflated is reused: deflated once per broadcast for all recipients with the same level
+    and window, as on the native endpoint."""
+    global _last_deflated
+    last = _last_deflated
+    if frame is not None and last is not None and last[0] is frame:
+        if last[1] == deflater.level and last[2] == deflater.wbits:
+            return last[3]
+    out = deflater.frame(0x1, ("4" + text).encode())
+    if frame is not None:
+        _last_deflated = (frame, deflater.level, deflater.wbits, out)
+    return out
+
+
 def write(socket: Any, text: str, frame: bytes | None = None) -> None:
     """Send the Socket.IO packet text (frame: its Engine.IO frame, ``4`` + text, when built
     already) to the session socket: written directly when its WebSocket is up and Engine.IO
@@ -211,7 +230,7 @@ def write(socket: Any, text: str, frame: bytes | None = None) -> None:
             if deflater is None:
                 conn.send_frame(frame or text_frame_of(("4" + text).encode()))
             else:  # permessage-deflate: the Engine.IO packet, compressed from min_size on
-                conn.send_frame(deflater.frame(0x1, ("4" + text).encode()))
+                conn.send_frame(deflated_frame(deflater, text, frame))
         except StreamClosedError:
             pass
         return
