@@ -127,10 +127,11 @@ async def test_two_workers_share_the_port_and_a_room(
 ) -> None:
     """Both workers accept connections on the one port, each is a node, and a room
     broadcast from one reaches the members on the other."""
-    w = Workers(tmp_path, redis_config(redis_server))
+    w = Workers(tmp_path, redis_config(redis_server, "socketio:\n  enabled: false\n"))
     workers.append(w)
     nodes = await w.ready()
     assert len(nodes) == 2
+    assert "long-polling" not in w.server.output()  # no Socket.IO: nothing to warn of
     peers = await peers_on_every_node(w, "lobby")
     await peers[0].send({"type": "broadcast", "room": "lobby", "message": "across"})
     for peer in peers:
@@ -147,6 +148,28 @@ async def test_two_workers_share_the_port_and_a_room(
     assert listing.returncode == 0, listing.stderr
     assert "one of 2 node(s)" in listing.stdout, listing.stdout
     assert f"with {len(peers)} connection(s) in all" in listing.stdout, listing.stdout
+
+
+async def test_socketio_on_workers_is_warned_of_and_works_over_websocket(
+    tmp_path: Path, redis_server: RedisServer, workers: list[Workers]
+) -> None:
+    """SO_REUSEPORT gives no sticky sessions, which Socket.IO's long-polling needs: the
+    supervisor says so once at start-up; clients on the WebSocket transport work whichever
+    worker they reach."""
+    import socketio
+
+    w = Workers(tmp_path, redis_config(redis_server))
+    workers.append(w)
+    await w.ready()
+    assert w.server.output().count("requests of one long-polling session may reach") == 1
+    for i in range(6):
+        client = socketio.AsyncClient(reconnection=False)
+        await client.connect(w.http, transports=["websocket"], wait_timeout=5)
+        try:
+            reply = await client.call("echo", {"type": "echo", "message": i}, timeout=5)
+            assert reply["type"] == "echo" and reply["original"] == i, reply
+        finally:
+            await client.disconnect()
 
 
 @pytest.mark.parametrize("drain", [0.0, 1.5])

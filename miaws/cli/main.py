@@ -150,6 +150,14 @@ def _supervise(
     from miaws.cli.workers import Supervisor, check_port, stop_timeout, worker_argv
 
     check_port(settings.server.host, settings.server.port)  # OSError: one line, exit 2
+    if settings.socketio.enabled:
+        log.warning(
+            "Socket.IO with %d workers: the kernel spreads connections over them, so the "
+            "requests of one long-polling session may reach different workers (HTTP 400 "
+            "'Invalid session'); have Socket.IO clients use transports: ['websocket'], or run "
+            "one worker per port behind a sticky proxy (docs/scaling.md)",
+            workers,
+        )
     supervisor = Supervisor(
         workers,
         lambda i: worker_argv(i, workers, path, args.host, args.port),
