@@ -41,6 +41,7 @@ __all__ = ["SocketIOBridge", "SocketIOClient", "REASON_CODES"]
 log = logging.getLogger("miaws")
 
 PATH = r"/socket.io/"
+EVENT_NAMES_KEPT = 256  # event names whose JSON is kept (types are few; a backend may name more)
 
 REASON_CODES: dict[str, Closed] = {
     "client disconnect": Closed(CloseCode.NORMAL_CLOSURE, "closed by client"),
@@ -131,18 +132,18 @@ class SocketIOClient(Client):
         self.closed_with: Closed | None = None  # how the server closed it
         # Packets sent before python-socketio has answered the namespace's CONNECT, which
         # must go first; None once it has.
-        self.pending: list[tuple[str, bytes]] | None = []
+        self.pending: list[bytes] | None = []  # their frames
 
     def deliver(self, message: Encoded) -> None:
         """Emit the event named by the message's ``type``, with the message as its argument."""
-        text, frame = self.bridge.encode(message, self.namespace)
-        if self.bridge.over_queue_cap(self, len(text)):
+        frame = self.bridge.encode(message, self.namespace)
+        if self.bridge.over_queue_cap(self, len(frame)):
             return
         pending = self.pending
         if pending is not None:
-            pending.append((text, frame))
+            pending.append(frame)
         else:
-            sio_wire.write(self.socket, text, frame)
+            sio_wire.write(self.socket, frame)
         self.messages_out += 1
 
     def close(self, code: int, reason: str = "") -> None:
@@ -184,7 +185,8 @@ class SocketIOBridge:
         # (namespace, Engine.IO sid) -> client: the fast path's way from a packet to its client
         self.by_session: dict[tuple[str, str], SocketIOClient] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._last: tuple[Encoded, str, tuple[str, bytes]] | None = None
+        self._last: tuple[Encoded, str, bytes] | None = None
+        self._event_names: dict[str, bytes] = {}
         self.sio.on("connect", self.on_connect, namespace="*")
         self.sio.on("disconnect", self.on_disconnect, namespace="*")
         self.sio.on("*", self.on_event, namespace="*")
@@ -318,10 +320,10 @@ class SocketIOBridge:
         await self.sio.shutdown()
 
     # ------------------------------------------------------------ sending
-    def encode(self, message: Encoded, namespace: str) -> tuple[str, bytes]:
-        """The Socket.IO EVENT packet for message and its WebSocket frame, encoded once per
+    def encode(self, message: Encoded, namespace: str) -> bytes:
+        """The WebSocket frame of the Socket.IO EVENT packet for message, encoded once per
         broadcast: the hub hands every recipient the same :class:`Encoded`, so the last
-        packet is reused.
+        frame is reused.
 
         Written from the message's JSON text (encoded once, as for /ws) rather than through
         python-socketio's ``Packet``, which would JSON-encode the payload again and walk it
@@ -331,19 +333,28 @@ class SocketIOBridge:
         last = self._last
         if last is not None and last[0] is message and last[1] == namespace:
             return last[2]
-        prefix = "2[" if namespace == "/" else f"2{namespace},["
-        event = json.dumps(message.payload["type"])
-        text = f"{prefix}{event},{message.text}]"
-        packet = (text, sio_wire.text_frame_of(("4" + text).encode()))
-        self._last = (message, namespace, packet)
-        return packet
+        head = b"42[" if namespace == "/" else b"42" + namespace.encode() + b",["
+        frame = sio_wire.text_frame_of(
+            head + self._event_name(message.payload["type"]) + b"," + message.data + b"]"
+        )
+        self._last = (message, namespace, frame)
+        return frame
 
-    def _json(self, value: Any) -> str:
-        """value's JSON text, reusing the last packet's when value is its message."""
+    def _event_name(self, name: str) -> bytes:
+        """The event name's JSON, as python-socketio writes it (``json.dumps``)."""
+        known = self._event_names.get(name)
+        if known is None:
+            known = json.dumps(name).encode()
+            if len(self._event_names) < EVENT_NAMES_KEPT:
+                self._event_names[name] = known
+        return known
+
+    def _json(self, value: Any) -> bytes:
+        """value's JSON, reusing the last packet's when value is its message."""
         last = self._last
         if last is not None and last[0].payload is value:
-            return last[0].text
-        return encode_json_bytes(value).decode()
+            return last[0].data
+        return encode_json_bytes(value)
 
     def over_queue_cap(self, client: SocketIOClient, size: int) -> bool:
         """limits.max_queued_bytes for a Socket.IO client: True (and the client is dropped with
@@ -391,8 +402,8 @@ class SocketIOBridge:
         if client is None or client.pending is None:
             return
         pending, client.pending = client.pending, None
-        for text, frame in pending:
-            sio_wire.write(client.socket, text, frame)
+        for frame in pending:
+            sio_wire.write(client.socket, frame)
 
     def spawn(self, coro: Any) -> None:
         """Run coro soon, keeping a reference until it is done (tasks run in FIFO order)."""
@@ -520,9 +531,9 @@ class SocketIOBridge:
     def _ack(self, client: SocketIOClient, ack: int, value: Any) -> None:
         """Send the ACK packet of ack with value (none for None), as python-socketio does."""
         namespace = client.namespace
-        prefix = "3" if namespace == "/" else f"3{namespace},"
-        args = "[]" if value is None else f"[{self._json(value)}]"
-        sio_wire.write(client.socket, f"{prefix}{ack}{args}")
+        head = b"43%d" % ack if namespace == "/" else b"43%s,%d" % (namespace.encode(), ack)
+        args = b"[]" if value is None else b"[" + self._json(value) + b"]"
+        sio_wire.write(client.socket, sio_wire.text_frame_of(head + args))
 
     def _handle(self, client: SocketIOClient, event: str, args: Sequence[Any]) -> Any:
         """Dispatch one event; the ack's value, or a :class:`_Later` of it for an async

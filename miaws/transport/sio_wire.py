@@ -187,30 +187,35 @@ def text_frame_of(data: bytes) -> bytes:
     return bytes((0x81, 127)) + n.to_bytes(8, "big") + data
 
 
+def frame_payload(frame: bytes) -> bytes:
+    """The payload of a frame :func:`text_frame_of` made (unmasked: a 2, 4 or 10-byte head)."""
+    n = frame[1]
+    return frame[2:] if n < 126 else frame[4:] if n == 126 else frame[10:]
+
+
 _last_deflated: tuple[bytes, int, int, bytes] | None = None  # frame, level, wbits -> deflated
 
 
-def deflated_frame(deflater: Deflater, text: str, frame: bytes | None) -> bytes:
-    """The frame of the Engine.IO packet ``4`` + text as deflater sends it.  A broadcast
-    hands every recipient the same frame object (SocketIOBridge.encode), so the last one
-    deflated is reused: deflated once per broadcast for all recipients with the same level
-    and window, as on the native endpoint."""
+def deflated_frame(deflater: Deflater, frame: bytes) -> bytes:
+    """frame as deflater sends it.  A broadcast hands every recipient the same frame object
+    (SocketIOBridge.encode), so the last one deflated is reused: deflated once per broadcast
+    for all recipients with the same level and window, as on the native endpoint."""
     global _last_deflated
     last = _last_deflated
-    if frame is not None and last is not None and last[0] is frame:
+    if last is not None and last[0] is frame:
         if last[1] == deflater.level and last[2] == deflater.wbits:
             return last[3]
-    out = deflater.frame(0x1, ("4" + text).encode())
-    if frame is not None:
-        _last_deflated = (frame, deflater.level, deflater.wbits, out)
+    out = deflater.frame(0x1, frame_payload(frame))
+    _last_deflated = (frame, deflater.level, deflater.wbits, out)
     return out
 
 
-def write(socket: Any, text: str, frame: bytes | None = None) -> None:
-    """Send the Socket.IO packet text (frame: its Engine.IO frame, ``4`` + text, when built
-    already) to the session socket: written directly when its WebSocket is up and Engine.IO
-    holds nothing unwritten for it, else queued for Engine.IO (as ``AsyncSocket.send`` does,
-    without its task).  Nothing is sent to a closed session."""
+def write(socket: Any, frame: bytes) -> None:
+    """Send frame (an Engine.IO MESSAGE packet, ``4`` and the Socket.IO packet, as a text
+    frame of :func:`text_frame_of`) to the session socket: written directly when its
+    WebSocket is up and Engine.IO holds nothing unwritten for it, else queued for Engine.IO
+    (as ``AsyncSocket.send`` does, without its task).  Nothing is sent to a closed
+    session."""
     if socket.closed:
         return
     queue = socket.queue
@@ -228,10 +233,11 @@ def write(socket: Any, text: str, frame: bytes | None = None) -> None:
         deflater: Deflater | None = conn._compressor
         try:
             if deflater is None:
-                conn.send_frame(frame or text_frame_of(("4" + text).encode()))
+                conn.send_frame(frame)
             else:  # permessage-deflate: the Engine.IO packet, compressed from min_size on
-                conn.send_frame(deflated_frame(deflater, text, frame))
+                conn.send_frame(deflated_frame(deflater, frame))
         except StreamClosedError:
             pass
         return
+    text = frame_payload(frame)[1:].decode()  # the Socket.IO packet, for Engine.IO's queue
     queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=text))
