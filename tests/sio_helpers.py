@@ -41,7 +41,7 @@ def authorize_message(client, message):
 """
 
 ERROR_CASES: list[tuple[str, list[Any], str]] = [
-    # (event, its arguments, the error code); invalid-json cannot occur: see docs/socketio.md
+    # (event, its arguments, the error code); invalid-json: tests/test_socketio_edges.py
     ("ping", ["not an object"], "invalid-message"),
     ("ping", [[1, 2]], "invalid-message"),
     ("ping", [], "invalid-message"),

@@ -38,7 +38,7 @@ from miaws.core.presence import PresenceReader
 from miaws.core.ratelimit import FLOODING, Limits, MessageLimits, RateLimiter
 from miaws.core.stats import Stats
 
-__all__ = ["Dispatcher", "Context", "valid_id"]
+__all__ = ["Dispatcher", "Context", "valid_id", "json_problem"]
 
 
 def _finite(text: str) -> float:
@@ -75,6 +75,31 @@ def _too_deep(text: str, value: Any) -> bool:
         elif type(item) is list:
             level.extend((v, depth + 1) for v in item)
     return False
+
+
+def json_problem(value: Any) -> MessageError | None:
+    """Why value, decoded by another reader than miaws's (python-socketio's ``json.loads``,
+    its binary attachments), is not what a /ws frame could carry: binary data
+    (invalid-message), NaN or an infinity, or nesting deeper than :data:`MAX_DEPTH`
+    (invalid-json); None when it is plain JSON."""
+    level: list[tuple[Any, int, str]] = [(value, 1, "")]
+    while level:
+        item, depth, path = level.pop()
+        kind = type(item)
+        if kind is dict or kind is list or kind is tuple:
+            if depth > MAX_DEPTH:
+                return InvalidJSON("Message is not valid JSON")
+            pairs = item.items() if kind is dict else enumerate(item)
+            level.extend((v, depth + 1, f"{path}/{k}") for k, v in pairs)
+        elif kind is float:
+            if not math.isfinite(item):
+                return InvalidJSON("Message is not valid JSON")
+        elif kind is bytes or kind is bytearray or kind is memoryview:
+            return InvalidMessage(
+                "Binary data is not supported: send JSON",
+                {"path": clip(path) or "/", "reason": "binary data is not JSON"},
+            )
+    return None
 
 
 _long_number = re.compile(r"[0-9]{19}").search  # may be an integer beyond 64 bits
@@ -162,11 +187,16 @@ class Dispatcher:
             if len(text) > _DEEP_TEXT and _too_deep(text, message):
                 raise ValueError("nested too deeply")
         except (ValueError, RecursionError):
-            client.messages_in += 1
-            if self.limiter is not None and not self.limiter.allow(client):
-                return self._refuse(client, None)
-            return [self.error(InvalidJSON("Message is not valid JSON"))]
+            return self.refuse(client, InvalidJSON("Message is not valid JSON"))
         return self.handle_message(client, message)
+
+    def refuse(self, client: Client, exc: MessageError) -> list[Outgoing]:
+        """A message that never reached a handler (not JSON, or not JSON a frame could
+        carry): counted and rate limited as any, answered with exc's error."""
+        client.messages_in += 1
+        if self.limiter is not None and not self.limiter.allow(client):
+            return self._refuse(client, None)
+        return [self.error(exc)]
 
     def handle_message(
         self, client: Client, message: Any

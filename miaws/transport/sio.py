@@ -25,8 +25,10 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
+import engineio.payload
 import socketio
 
+from miaws.core.dispatch import MAX_DEPTH, json_problem
 from miaws.core.errors import CloseCode
 from miaws.core.model import Client, Closed, Encoded, Outgoing, encode_json_bytes
 from miaws.service import Service
@@ -41,6 +43,9 @@ __all__ = ["SocketIOBridge", "SocketIOClient", "REASON_CODES"]
 log = logging.getLogger("miaws")
 
 PATH = r"/socket.io/"
+ENGINEIO_QUERY = frozenset(("EIO", "transport", "t", "sid", "j", "b64"))
+"""Engine.IO's own query parameters (``t`` a cache-buster per request): not the client's
+query, which auth and a connect backend (and its cache key) see."""
 EVENT_NAMES_KEPT = 256  # event names whose JSON is kept (types are few; a backend may name more)
 
 REASON_CODES: dict[str, Closed] = {
@@ -56,8 +61,8 @@ REASON_CODES: dict[str, Closed] = {
 def compression_enabled(settings: Any) -> bool:
     """Whether Socket.IO compresses: permessage-deflate on its WebSocket, gzip/deflate on its
     polling responses.  The one place that reads it: ``compression.enabled`` (off by default,
-    as socket.io 4's), the native endpoint's setting too.  (Socket.IO's WebSocket then uses
-    Tornado's permessage-deflate and reader: context takeover, Tornado's level 6.)"""
+    as socket.io 4's), the native endpoint's setting too: Socket.IO's WebSocket then uses
+    the native endpoint's permessage-deflate (:mod:`miaws.transport.deflate`)."""
     return bool(settings.compression.enabled)
 
 
@@ -162,6 +167,10 @@ class SocketIOBridge:
         self.compression = compression_enabled(s)
         c = s.compression
         self.compression_options = compression_options(self.compression, c.level, c.min_size)
+        # python-engineio drops a polling POST of more than 16 packets (logged, answered 200:
+        # the client thinks them sent); socket.io's server has no such cap.  The body is
+        # bounded by max_http_buffer_size, and a packet takes at least two bytes of it.
+        engineio.payload.Payload.max_decode_packets = max(16, s.limits.max_message_bytes // 2)
         options: dict[str, Any] = {
             "max_http_buffer_size": s.limits.max_message_bytes,
             "http_compression": self.compression,  # Engine.IO's default is on
@@ -366,7 +375,7 @@ class SocketIOBridge:
             return False
         socket = client.socket
         queue = socket.queue
-        queued = queue.qsize() * size
+        queued = queue.queued_bytes  # packets Engine.IO has not sent yet (polling, upgrading)
         conn = getattr(queue.ws, "ws_connection", None) if socket.upgraded else None
         if conn is not None and conn.stream is not None:
             queued += len(conn.stream._write_buffer)  # what the peer has not taken yet
@@ -435,7 +444,11 @@ class SocketIOBridge:
         # here: a client without one is refused (connect_error).
         token = auth.get("token") if isinstance(auth, dict) else None
         headers = request_headers(environ)
-        query = parse_qs(environ.get("QUERY_STRING", ""))
+        query = {
+            key: value
+            for key, value in parse_qs(environ.get("QUERY_STRING", "")).items()
+            if key not in ENGINEIO_QUERY
+        }
         try:
             identity = admission.identify(
                 headers,
@@ -516,7 +529,10 @@ class SocketIOBridge:
         event = data[0]
         if client is None or client.closed_with is not None or event in _RESERVED:
             return False
-        result = self._handle(client, event, data[1:])
+        # orjson read it: no NaN, infinity or binary data; only a text with more than
+        # MAX_DEPTH brackets can nest too deep
+        shallow = len(text) <= 2 * MAX_DEPTH or text.count("[") + text.count("{") <= MAX_DEPTH
+        result = self._handle(client, event, data[1:], checked=shallow)
         if type(result) is _Later:
             return self._ack_later(client, ack, result.pending)
         if ack is not None:
@@ -535,14 +551,21 @@ class SocketIOBridge:
         args = b"[]" if value is None else b"[" + self._json(value) + b"]"
         sio_wire.write(client.socket, sio_wire.text_frame_of(head + args))
 
-    def _handle(self, client: SocketIOClient, event: str, args: Sequence[Any]) -> Any:
+    def _handle(
+        self, client: SocketIOClient, event: str, args: Sequence[Any], checked: bool = False
+    ) -> Any:
         """Dispatch one event; the ack's value, or a :class:`_Later` of it for an async
-        message handler."""
+        message handler.  Unless checked, its arguments are first held to what a /ws frame
+        could carry (python-socketio's reader takes NaN, any depth and binary attachments)."""
         message: Any = args[0] if len(args) == 1 else tuple(args)
+        dispatcher = self.service.dispatcher
+        problem = None if checked else json_problem(message)
+        if problem is not None:
+            return self._delivered(client, dispatcher.refuse(client, problem))
         if type(message) is dict:
             message = {**message, "type": event}
         try:
-            result = self.service.dispatcher.handle_message(client, message)
+            result = dispatcher.handle_message(client, message)
         except Exception:
             self.service.admission.handler_failed(client)
             return None

@@ -85,15 +85,30 @@ class SocketQueue(LightQueue):
     carries the session, once known (:func:`bind`)."""
 
     held = 0
+    queued_bytes = 0  # the data of the packets in the queue (limits.max_queued_bytes)
     ws: Any = None
 
     def put_nowait(self, item: Any) -> None:
         super().put_nowait(item)
         self.held += 1
 
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        self.queued_bytes += _packet_size(item)
+
+    def _get(self) -> Any:
+        item = super()._get()
+        self.queued_bytes -= _packet_size(item)
+        return item
+
     def task_done(self) -> None:
         super().task_done()
         self.held -= 1
+
+
+def _packet_size(item: Any) -> int:
+    data = getattr(item, "data", None)
+    return len(data) if isinstance(data, (str, bytes)) else 0
 
 
 class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
