@@ -9,6 +9,7 @@ number of seconds``.  ``docs/configuration.md`` documents every key (a test chec
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -595,6 +596,8 @@ def _coerce(tp: Any, value: Any) -> Any:
             raise ValueError
         return dict(value)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # YAML's .inf and .nan: no setting means either
+            raise ValueError
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value

@@ -113,6 +113,14 @@ def test_bad_env_port() -> None:
         "schemas:\n  path: /nonexistent-dir\n",
         "server:\n  header_timeout: 0\n",
         "server:\n  idle_timeout: -1\n",
+        # YAML's infinities and NaN pass a `< 0` check; they crashed start-up, the first
+        # upgrade or the SIGTERM drain
+        "limits:\n  messages_per_second: .inf\n",
+        "limits:\n  connection_rate: .inf\n",
+        "shutdown:\n  drain_seconds: .nan\n",
+        "broker:\n  type: redis\n  heartbeat: .inf\n",
+        "rooms:\n  leave_delay: .inf\n",
+        "rooms:\n  rules:\n    - {match: 'a*', history: {size: 3, ttl: .nan}}\n",
     ],
 )
 def test_cli_bad_config_exits_2_with_one_line(tmp_path: Path, text: str) -> None:
