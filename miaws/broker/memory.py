@@ -41,6 +41,9 @@ class MemoryBroker(Broker):
             payload = history.append(key, payload)
         return registry.send_to_room(key, Encoded(payload))
 
+    def publish_event(self, payload: dict[str, Any], key: str) -> int:
+        return self._registry.send_to_room(key, Encoded(payload))
+
     def join(self, client: Client, key: str, since: Position | None = None) -> Joined:
         self._registry.group_add(key, client)
         history = self.history
