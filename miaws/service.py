@@ -6,7 +6,9 @@ Transports call :meth:`Service.connect`, :meth:`Service.deliver` and
 
 Every message meant for more than its sender goes one way: :meth:`Service.publish`, which
 hands it to the broker (:mod:`miaws.broker`) and counts its recipients; a client's broadcast
-(through :meth:`deliver`) and the publish API alike.  ``self.local`` is this node's registry
+(through :meth:`deliver`) and the publish API alike.  The server's own room events
+(``member-joined``, ``member-left``) take :meth:`publish_event`: the same way, but never
+stamped nor kept in a room's history.  ``self.local`` is this node's registry
 of clients and rooms (:class:`~miaws.core.registry.LocalRegistry`), which the broker delivers
 to; the Service does not know which broker runs.
 """
@@ -81,7 +83,7 @@ class Service:
             RoomRules(settings.rooms.rules),
             leave_delay=settings.rooms.leave_delay,
             cap=settings.rooms.presence_max_members,
-            publish=self.publish,
+            publish=self.publish_event,
             emit=None if self.webhooks is None else self.webhooks.emit,
             webhook_events=frozenset() if self.webhooks is None else self.webhooks.events,
             timestamp=self.clock.timestamp,
@@ -225,6 +227,14 @@ class Service:
         namespace, or (both None) to every client, on every node; count the recipients of
         this node in the stats and return them."""
         n = self.broker.publish(payload, key, namespace)
+        self.stats.messages_out[payload.get("type", "")] += n
+        return n
+
+    def publish_event(self, payload: dict[str, Any], key: str) -> int:
+        """Send a server event that is no room broadcast (``member-joined``) to the members
+        of the room key on every node, unstamped and not kept in its history; counted like
+        :meth:`publish`."""
+        n = self.broker.publish_event(payload, key)
         self.stats.messages_out[payload.get("type", "")] += n
         return n
 

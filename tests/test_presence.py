@@ -406,3 +406,51 @@ async def test_the_presence_api_answers_for_operators(join: Join, port: int) -> 
     assert body["scope"] == "local" and body["members"][0]["since"] is None
     missing = await client.fetch(base, raise_error=False)
     assert missing.code == 400
+
+
+# ---------------------------------------------------------------- member events and history
+
+LOGGED = [{"match": "log:*", "join_leave": True, "history": {"size": 3, "ttl": 60}}]
+
+
+async def read_into(seen: list[dict[str, Any]], peer: Peer, kind: str, **fields: Any) -> None:
+    """Read into seen until a message of kind with these fields (bounded)."""
+    while True:
+        msg = await peer.recv(5.0)
+        seen.append(msg)
+        if msg["type"] == kind and all(msg.get(k) == v for k, v in fields.items()):
+            return
+
+
+@pytest.mark.config({"rooms": {"rules": LOGGED}})
+async def test_member_events_take_no_seq_and_are_not_kept_in_history(join: Join) -> None:
+    """In a room with join_leave and a history of 3 (#18): member-joined / member-left carry
+    no epoch or seq and are not replayed; the broadcasts' seqs are 1, 2, 3 whatever the
+    visitors did in between, and a join since seq 0 recovers exactly those 3."""
+    watcher = await join(None)
+    start = await watcher.request({"type": "join-room", "room": "log:1"})
+    seen: list[dict[str, Any]] = []
+    for i in range(3):
+        visitor = await join(None, "log:1")
+        await read_into(seen, watcher, "member-joined", clientId=visitor.welcome["clientId"])
+        visitor.close()
+        await read_into(seen, watcher, "member-left", clientId=visitor.welcome["clientId"])
+        await watcher.send({"type": "broadcast", "room": "log:1", "message": i})
+    await read_into(seen, watcher, "broadcast", message=2)
+    late = await join(None)
+    reply = await late.request(
+        {"type": "join-room", "room": "log:1", "since": {"epoch": start["epoch"], "seq": 0}}
+    )
+    expect_type(reply, "room-joined", recovered=True, epoch=start["epoch"], seq=3)
+    replayed = [await late.recv() for _ in range(3)]
+    await read_into(seen, watcher, "member-joined", clientId=late.welcome["clientId"])
+    events = [m for m in seen if m["type"] != "broadcast"]
+    kinds = ["member-joined"] + ["member-joined", "member-left"] * 3 + ["member-joined"]
+    assert [m["type"] for m in events] == kinds  # the watcher's own join first
+    assert events and all("seq" not in m and "epoch" not in m for m in events)
+    assert [m["seq"] for m in seen if m["type"] == "broadcast"] == [1, 2, 3]
+    assert [(m["type"], m["message"], m["seq"]) for m in replayed] == [
+        ("broadcast", i, i + 1) for i in range(3)
+    ]
+    await late.send({"type": "broadcast", "room": "log:1", "message": "next"})
+    expect_type(await until(late, "broadcast"), "broadcast", message="next", seq=4)

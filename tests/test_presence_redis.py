@@ -283,3 +283,66 @@ async def test_a_leave_pending_on_a_killed_node_is_confirmed_by_a_survivor(
     assert sorted(m["user"] for m in members) == ["alice", "carol"]
     assert receiver.bad_signatures == 0
     assert pending_leaves(redis_server) == 0  # the dead node's were taken over
+
+
+async def read_into(seen: list[dict[str, Any]], peer: Peer, kind: str, **fields: Any) -> None:
+    """Read into seen until a message of kind with these fields (bounded)."""
+    deadline = time.monotonic() + 8.0
+    while True:
+        msg = await peer.recv(max(0.01, deadline - time.monotonic()))
+        seen.append(msg)
+        if msg["type"] == kind and all(msg.get(k) == v for k, v in fields.items()):
+            return
+
+
+async def test_member_events_take_no_seq_and_are_not_kept_in_the_shared_history(
+    server_process: Start, redis_server: RedisServer, join: Join
+) -> None:
+    """A room with join_leave and a Redis history of 3 (#18): members on both nodes get the
+    member events without epoch or seq; the broadcasts (from both nodes) are seq 1, 2, 3;
+    a join since seq 0 on either node recovers exactly those 3."""
+    config = json.dumps(
+        {
+            "server": {"host": "127.0.0.1"},
+            "broker": {"type": "redis", "url": redis_server.url, "heartbeat": HEARTBEAT},
+            "rooms": {
+                "leave_delay": 0.2,
+                "rules": [
+                    {"match": "log:*", "join_leave": True, "history": {"size": 3, "ttl": 60}}
+                ],
+            },
+        }
+    )
+    a, b = (server_process(config, env={"REDIS_URL": ""}) for _ in range(2))
+    watcher = await Peer.connect(a.url)
+    start = await watcher.request({"type": "join-room", "room": "log:1"})
+    seen: list[dict[str, Any]] = []
+    await read_into(seen, watcher, "member-joined", clientId=watcher.welcome["clientId"])
+    publisher = await join(b, "p", "log:1")
+    await read_into(seen, watcher, "member-joined", clientId=publisher.welcome["clientId"])
+    for i in range(3):
+        visitor = await join(b, "v", "log:1")
+        await read_into(seen, watcher, "member-joined", clientId=visitor.welcome["clientId"])
+        visitor.close()
+        await read_into(seen, watcher, "member-left", clientId=visitor.welcome["clientId"])
+        sender = watcher if i % 2 else publisher
+        await sender.send({"type": "broadcast", "room": "log:1", "message": i})
+        await read_into(seen, watcher, "broadcast", message=i)
+    for node in (a, b):
+        late = await join(node, "late")
+        since = {"epoch": start["epoch"], "seq": 0}
+        reply = await late.request({"type": "join-room", "room": "log:1", "since": since})
+        assert reply["recovered"] is True and reply["seq"] == 3, reply
+        replayed = [await late.recv() for _ in range(3)]
+        assert [(m["type"], m["message"], m["seq"]) for m in replayed] == [
+            ("broadcast", i, i + 1) for i in range(3)
+        ]
+        await read_into(seen, watcher, "member-joined", clientId=late.welcome["clientId"])
+    watcher.close()
+    events = [m for m in seen if m["type"] != "broadcast"]
+    assert [m["type"] for m in events] == ["member-joined"] * 2 + [
+        "member-joined",
+        "member-left",
+    ] * 3 + ["member-joined"] * 2
+    assert all("seq" not in m and "epoch" not in m for m in events)
+    assert [m["seq"] for m in seen if m["type"] == "broadcast"] == [1, 2, 3]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -231,3 +234,60 @@ async def test_server_side_publish_is_stamped_and_recovered(
     reply = await again.request({"type": "join-room", "room": "feed", "since": since})
     expect_type(reply, "room-joined", recovered=True, seq=3)
     assert [(await again.recv())["message"] for _ in range(3)] == [0, 1, 2]
+
+
+BLOB_PLUGIN = """
+from miaws import MessageType, hookimpl
+
+def handle_blob(ctx, message):
+    ctx.broadcast({"type": "blob", "data": b"\\x00\\x01"}, message["room"])
+
+@hookimpl
+def register_message_types():
+    schema = {"type": "object", "properties": {"room": {"type": "string"}}}
+    return [MessageType("blob", handle_blob, schema=schema)]
+"""
+
+
+async def test_a_broadcast_that_cannot_be_encoded_takes_no_seq_and_is_not_kept(
+    tmp_path: Path, server_process: Any
+) -> None:
+    """A plugin broadcasts bytes to a room with history (#20): the broker refuses it before
+    stamping it and the sender is closed 1011 as for a failing handler; the members see seq
+    1, 2 with no jump, and a join since seq 0 recovers both broadcasts (nothing
+    undeliverable was kept to break it)."""
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "blob.py").write_text(textwrap.dedent(BLOB_PLUGIN))
+    config = {
+        "server": {"host": "127.0.0.1"},
+        "plugins": {"enabled": ["ping", "broadcast", "rooms", "blob"], "paths": ["p"]},
+        "history": {"rooms": [{"match": "feed*", "size": 10, "ttl": 60}]},
+    }
+    server = server_process(json.dumps(config))
+    member, sender, other = [await Peer.connect(server.url) for _ in range(3)]
+    late: Peer | None = None
+    try:
+        start = await member.request({"type": "join-room", "room": "feed"})
+        for peer in (sender, other):
+            await peer.request({"type": "join-room", "room": "feed"})
+        await other.send({"type": "broadcast", "room": "feed", "message": "a"})
+        await sender.send({"type": "blob", "room": "feed"})
+        while await asyncio.wait_for(sender.conn.read_message(), 5) is not None:
+            pass  # its copy of "a", then the close of a failing handler
+        assert sender.conn.close_code == 1011
+        await other.send({"type": "broadcast", "room": "feed", "message": "b"})
+        live = [await member.recv() for _ in range(2)]
+        assert [(m["message"], m["seq"]) for m in live] == [("a", 1), ("b", 2)]
+        late = await Peer.connect(server.url)
+        since = {"epoch": start["epoch"], "seq": 0}
+        reply = await late.request({"type": "join-room", "room": "feed", "since": since})
+        expect_type(reply, "room-joined", recovered=True, seq=2)
+        replayed = [await late.recv() for _ in range(2)]
+        assert [(m["message"], m["seq"]) for m in replayed] == [("a", 1), ("b", 2)]
+        expect_type(await late.request({"type": "ping"}), "pong")
+    finally:
+        for peer in (member, sender, other, late):
+            if peer is not None:
+                peer.close()
+    log = (tmp_path / f"server-{server.port}.log").read_text()
+    assert "handler failed for clientId=" in log and "TypeError" in log

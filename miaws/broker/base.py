@@ -10,7 +10,9 @@ Addressing, all by keys (:func:`miaws.core.rooms.room_key`), never by room names
 
 - ``publish(payload, key)``: the members of one room key, on every node;
 - ``publish(payload, namespace=ns)``: every client of one namespace, on every node;
-- ``publish(payload)``: every client of every namespace, on every node (the publish API).
+- ``publish(payload)``: every client of every namespace, on every node (the publish API);
+- ``publish_event(payload, key)``: the members of one room key, on every node, never stamped
+  nor kept (the server's own events: ``member-joined``, ``member-left``).
 
 Implementations: :class:`miaws.broker.memory.MemoryBroker` (one process) and
 :class:`miaws.broker.redis.RedisBroker` (nodes sharing a Redis).  They subclass this class and
@@ -130,6 +132,16 @@ class Broker(ABC):
         The payload is serialised once per node.  In a room that keeps a history it is
         stamped with ``epoch`` and ``seq`` and kept, even when the room has no member.
         Returns the number of recipients on this node.
+        """
+
+    @abstractmethod
+    def publish_event(self, payload: dict[str, Any], key: str) -> int:
+        """Send a server event that is not a room broadcast (``member-joined``,
+        ``member-left``) to the members of the room key, on every node.
+
+        Serialised once per node like :meth:`publish`, but never stamped with ``epoch`` /
+        ``seq`` nor kept, even in a room with history: ``seq`` counts the room's broadcasts
+        and recovery replays only them.  Returns the number of recipients on this node.
         """
 
     # ------------------------------------------------------------ rooms and history

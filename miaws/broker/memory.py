@@ -1,7 +1,8 @@
 """The memory broker: one process, no other node.
 
 A broadcast goes straight to the local registry; a room with history is stamped and kept by
-the in-memory :class:`~miaws.core.history.MemoryHistory` first.  Joins read that history in
+the in-memory :class:`~miaws.core.history.MemoryHistory` first (once the stamped copy is
+encoded: a payload that cannot be sent uses up no seq and is not kept).  Joins read that history in
 the same step as they add the member, so nothing can slip in between.
 """
 
@@ -37,9 +38,15 @@ class MemoryBroker(Broker):
                 return registry.send_to_all(Encoded(payload))
             return registry.send_to_namespace(namespace, Encoded(payload))
         history = self.history
-        if history is not None and history.covers(key):
-            payload = history.append(key, payload)
-        return registry.send_to_room(key, Encoded(payload))
+        if history is None or not history.covers(key):
+            return registry.send_to_room(key, Encoded(payload))
+        stamped = history.stamp(key, payload)
+        message = Encoded(stamped)  # raises for a payload that is not JSON: no seq used up
+        history.keep(key, stamped)
+        return registry.send_to_room(key, message)
+
+    def publish_event(self, payload: dict[str, Any], key: str) -> int:
+        return self._registry.send_to_room(key, Encoded(payload))
 
     def join(self, client: Client, key: str, since: Position | None = None) -> Joined:
         self._registry.group_add(key, client)

@@ -6,8 +6,9 @@ webhook wants room or member events), runs the steps of the broker's
 :class:`~miaws.core.presence.PresenceStore`: a join at once, a leave at once and its
 confirmation ``rooms.leave_delay`` later.  Whatever a step reports (see
 :mod:`miaws.core.presence`) it reports once, on this node: ``member-joined`` /
-``member-left`` published to the room's members on every node (rules with ``join_leave``),
-and lifecycle events handed to ``emit`` (the webhook sender).
+``member-left`` sent to the room's members on every node (rules with ``join_leave``; by
+:meth:`~miaws.broker.base.Broker.publish_event`, so never stamped nor kept in the room's
+history), and lifecycle events handed to ``emit`` (the webhook sender).
 
 The steps of one room key run one after the other on this node (a chain of tasks), so a
 leave never overtakes its join and a ``presence`` request sees this node's joins before it.

@@ -24,7 +24,9 @@ messages, which it delivered already.  So a message is serialised once per node.
 Rooms with history (``history.rooms``) go another way, described in
 :mod:`miaws.broker.redis_history`: the publisher stamps, keeps and publishes them in one Lua
 script, as ``\\n room \\n epoch \\n seq \\n text`` (no node id), and every node, the sender's
-included, delivers them as they come back, so every node delivers them in seq order.
+included, delivers them as they come back, so every node delivers them in seq order.  The
+server's own events in such a room (``member-joined``, :meth:`RedisBroker.publish_event`) go
+the same way, in order with them, but with an empty epoch: not stamped, not kept.
 
 Nothing lost silently: every ``broker.probe_interval`` seconds the node publishes a probe to
 its own channel and expects it back within the same time; if it is not, the subscription is
@@ -123,6 +125,12 @@ def wire_message(
     keys = keys or RedisKeys(prefix)
     channel = keys.broadcast if key is None else keys.room_channel(key)
     return channel, b"\n".join((node.encode(), b"%d" % n, _target(key, namespace), data))
+
+
+def _event_message(key: str, data: bytes) -> bytes:
+    """A history room's event as its broadcasts come from the script, with no epoch and
+    seq 0: ``\\n room \\n \\n 0 \\n text``."""
+    return b"\n" + key.encode() + b"\n\n0\n" + data
 
 
 def make_bus(settings: Settings) -> Bus:
@@ -245,6 +253,26 @@ class RedisBroker(Broker):
                 channel,
                 b"\n".join((self._node_bytes, b"%d" % n, _target(key, namespace), message.data)),
             )
+        self._queue(item)
+        return delivered
+
+    def publish_event(self, payload: dict[str, Any], key: str) -> int:
+        """A room event that is no broadcast: in a room with history it goes the way of the
+        room's broadcasts (published in order with them, delivered by every node, the
+        sender's included, as it comes back, held for joiners) but with an empty epoch: no
+        script, no seq, not in the stream.  Elsewhere it is any room message."""
+        shared = self.shared
+        if shared is None or not shared.covers(key):
+            return self.publish(payload, key)
+        message = Encoded(payload)
+        if not self._up:
+            self.dropped += 1
+            return self._registry.send_to_room(key, message)
+        self._queue((self.keys.room_channel(key), _event_message(key, message.data)))
+        return self._registry.room_size(key)
+
+    def _queue(self, item: tuple[str, bytes]) -> None:
+        """Hand one item to the publisher; dropped (and counted) when the outbox is full."""
         try:
             self._outbox.put_nowait(item)
         except asyncio.QueueFull:
@@ -256,7 +284,6 @@ class RedisBroker(Broker):
                     "redis broker too slow: %d messages waiting; dropping cross-node messages",
                     OUTBOX_MAX,
                 )
-        return delivered
 
     def _deliver(self, key: str | None, namespace: str | None, message: Encoded) -> int:
         registry = self._registry
@@ -293,10 +320,14 @@ class RedisBroker(Broker):
 
     def _deliver_unstamped(self, batch: list[tuple[str, bytes]]) -> None:
         """The history-room messages of a batch Redis refused, to this node's members only,
-        unstamped (a batch that timed out may have been done: then they come back stamped)."""
+        unstamped (a batch that timed out may have been done: then they come back stamped);
+        its events for history rooms likewise."""
         for channel, data in batch:
             if not channel:
                 room, _, text = data.partition(b"\n")
+                self._registry.send_to_room(room.decode(), RemoteEncoded(text))
+            elif data[:1] == b"\n":  # a history room's event (_event_message)
+                _, room, _, _, text = data.split(b"\n", 4)
                 self._registry.send_to_room(room.decode(), RemoteEncoded(text))
 
     # ------------------------------------------------------------ receiving (BusListener)
@@ -317,7 +348,7 @@ class RedisBroker(Broker):
                     self.skipped += 1
                     return
                 self.shared.deliver(key, epoch.decode(), int(seq), RemoteEncoded(text), members)
-                return
+                return  # (an empty epoch: the room's event, not stamped; deliver knows)
             if node == self._node_bytes:
                 return  # ours: delivered locally when it was sent
             n_b, target_b, text = rest.split(b"\n", 2)

@@ -16,6 +16,11 @@ publisher runs :data:`APPEND` (one Lua script, so atomic): it stamps the text wi
 seq, adds it to the stream and PUBLISHes it.  Every node, the sender's included, delivers it
 when it comes back from pub/sub, so every node delivers a room's messages in seq order.
 
+The server's own events in such a room (``member-joined``, ``member-left``) are published on
+the same channel by the same ordered publisher, as ``\\n room \\n \\n 0 \\n text``: an empty
+epoch, no script.  They keep their place among the room's messages on every node (and are held
+for joiners like them), but take no seq and are not kept.
+
 A join reads the position (and, with ``since``, the missed messages) with :data:`READ`.
 Meanwhile the room's live messages for the joining client are held back; once this node's
 subscriber has passed the position read, the reply, the missed messages and the held ones
@@ -148,7 +153,16 @@ class RedisHistory:
         """Deliver a stamped message that came back from pub/sub (holding it for joiners).
 
         A duplicate of one delivered already is dropped; one that does not follow the last
-        delivered (this node missed some, or the epoch changed) starts a backfill first."""
+        delivered (this node missed some, or the epoch changed) starts a backfill first.
+        An empty epoch is the room's event (``member-joined``: not stamped, not in the
+        stream): it keeps its place among the messages, held like them, and that is all."""
+        if not epoch:
+            pending = self._backfilling.get(room)
+            if pending is not None:
+                pending.append((epoch, seq, message))
+            else:
+                self._hand_out(room, epoch, seq, message, targets)
+            return
         seen = self._seen.get(room)
         if seen is not None:
             if seen[0] == epoch and seq <= seen[1]:
@@ -171,6 +185,12 @@ class RedisHistory:
             for w_epoch, w_seq, future in waiters:
                 if w_epoch == epoch and seq >= w_seq and not future.done():
                     future.set_result(None)
+        self._hand_out(room, epoch, seq, message, targets)
+
+    def _hand_out(
+        self, room: str, epoch: str, seq: int, message: Encoded, targets: list[Client]
+    ) -> None:
+        """Send message to targets, or to the buffer of a target that is joining."""
         held = self.held.get(room)
         for client in targets:
             buffer = held.get(client) if held else None

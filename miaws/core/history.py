@@ -69,15 +69,21 @@ class Position:
 
 
 class RoomHistory(Protocol):
-    """What the memory broker needs of a history: stamp and keep, position, since."""
+    """What the memory broker needs of a history: stamp, keep, position, since."""
 
     def covers(self, room: str) -> bool:
         """True if room matches a history rule (its broadcasts are stamped and kept)."""
         ...
 
-    def append(self, room: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Keep a copy of payload stamped with the room's ``epoch`` and next ``seq``, and
-        return that copy (the one to send).  Only called for rooms that :meth:`covers`."""
+    def stamp(self, room: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """A copy of payload stamped with the room's ``epoch`` and next ``seq``; nothing is
+        used up or kept until :meth:`keep`.  Only called for rooms that :meth:`covers`."""
+        ...
+
+    def keep(self, room: str, stamped: dict[str, Any]) -> None:
+        """Keep what :meth:`stamp` just returned (its seq is now the room's last).  The
+        broker calls it once the copy is encoded, with nothing in between, so a payload
+        that cannot be sent never takes a seq."""
         ...
 
     def position(self, room: str) -> Position:
@@ -168,13 +174,22 @@ class MemoryHistory:
         while kept and (now - kept[0][0] > state.ttl or len(kept) > state.size):
             kept.popleft()
 
-    def append(self, room: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def stamp(self, room: str, payload: dict[str, Any]) -> dict[str, Any]:
         state = self._state(room)
+        return {**payload, "epoch": state.epoch, "seq": state.seq + 1}
+
+    def keep(self, room: str, stamped: dict[str, Any]) -> None:
+        state = self._rooms[room]  # touched by stamp() just now
+        assert (stamped["epoch"], stamped["seq"]) == (state.epoch, state.seq + 1), "not stamped"
         now = state.touched
         state.seq += 1
-        stamped = {**payload, "epoch": state.epoch, "seq": state.seq}
         state.kept.append((now, stamped))
         self._expire(state, now)
+
+    def append(self, room: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Stamp and keep payload at once; the stamped copy."""
+        stamped = self.stamp(room, payload)
+        self.keep(room, stamped)
         return stamped
 
     def position(self, room: str) -> Position:

@@ -313,21 +313,22 @@ class WebSocketEndpoint(tornado.websocket.WebSocketHandler):
             return None
         try:
             result = self.service.dispatcher.handle(client, message)
+            if type(result) is not list and inspect.isawaitable(result):  # an async handler
+                return self._deliver_later(client, result)
+            # What the handler asked for may fail only now (a broadcast the broker cannot
+            # encode): the same 1011 as a handler that raised.
+            self.service.deliver(client, result)
         except Exception:
             return self.service.admission.handler_failed(client)
-        if type(result) is not list and inspect.isawaitable(result):  # an async handler
-            return self._deliver_later(client, result)
-        self.service.deliver(client, result)
         return None
 
     async def _deliver_later(self, client: NativeClient, pending: Any) -> None:
         try:
             outgoing: list[Outgoing] = await pending
+            if self.client is not None:
+                self.service.deliver(self.client, outgoing)
         except Exception:
             self.service.admission.handler_failed(client)
-            return
-        if self.client is not None:
-            self.service.deliver(self.client, outgoing)
 
     def on_close(self) -> None:
         self._leave()
