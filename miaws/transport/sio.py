@@ -566,20 +566,19 @@ class SocketIOBridge:
             message = {**message, "type": event}
         try:
             result = dispatcher.handle_message(client, message)
-        except Exception:
+            if type(result) is not list and inspect.isawaitable(result):
+                return _Later(self._finish(client, result))
+            return self._delivered(client, result)
+        except Exception:  # a handler's, or what it sent (a payload that is no JSON)
             self.service.admission.handler_failed(client)
             return None
-        if type(result) is not list and inspect.isawaitable(result):
-            return _Later(self._finish(client, result))
-        return self._delivered(client, result)
 
     async def _finish(self, client: SocketIOClient, pending: Awaitable[list[Outgoing]]) -> Any:
         try:
-            outgoing = await pending
+            return self._delivered(client, await pending)
         except Exception:
             self.service.admission.handler_failed(client)
             return None
-        return self._delivered(client, outgoing)
 
     def _delivered(self, client: SocketIOClient, outgoing: list[Outgoing]) -> Any:
         self.service.deliver(client, outgoing)
