@@ -25,6 +25,17 @@ BUS_OFFSET = 10000
 HIGHEST_PORT = 65535 - BUS_OFFSET
 
 
+def _below_ephemeral() -> int:
+    """The highest node port whose bus port stays below the kernel's ephemeral range: a port
+    found free there is not taken by an outgoing connection before redis-server binds it (CI
+    once lost a cluster that way: 'Failed listening on port 54257')."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return HIGHEST_PORT
+    return max(12000, min(HIGHEST_PORT, low - 1 - BUS_OFFSET))
+
+
 def _free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -39,7 +50,7 @@ def cluster_ports(count: int, tries: int = 500) -> list[int]:
     """count ports of at most 55535 whose port and bus port (+10000) are both free."""
     chosen: list[int] = []
     for _ in range(tries):
-        port = random.randint(20000, HIGHEST_PORT)
+        port = random.randint(10000, _below_ephemeral())
         if port in chosen or port + BUS_OFFSET in chosen:
             continue
         if _free(port) and _free(port + BUS_OFFSET):
