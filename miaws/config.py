@@ -626,11 +626,56 @@ def _build_section(source: str, name: str, cls: type, values: Any) -> Any:
         try:
             kwargs[key] = _coerce(hints[key], value)
         except (ValueError, TypeError):
+            where = _where_wrong(hints[key], value, f"{name}.{key}")
+            if where is not None:
+                raise ConfigError(f"{source}: {where}") from None
             expect = known[key].metadata["expect"] or _describe(hints[key])
             raise ConfigError(
                 f"{source}: {name}.{key} has value {value!r}; expected {expect}"
             ) from None
     return cls(**kwargs)
+
+
+def _where_wrong(tp: Any, value: Any, path: str) -> str | None:
+    """For a list of mappings (``rooms.rules``, ``webhooks.endpoints``, ``proxy.types``)
+    that _coerce refused: which entry and field is wrong, and why; None when the list itself
+    is (then the whole setting is named)."""
+    if typing.get_origin(tp) is not list or not isinstance(value, list):
+        return None
+    (item,) = typing.get_args(tp)
+    if not dataclasses.is_dataclass(item):
+        return None
+    for i, entry in enumerate(value):
+        here = f"{path}[{i}]"
+        if not isinstance(entry, dict):
+            return f"{here} has value {entry!r}; expected a mapping"
+        hints = typing.get_type_hints(item)
+        for key, field_value in entry.items():
+            if key not in hints:
+                return f"{here}.{key} is not a known setting (known: {', '.join(hints)})"
+            try:
+                _coerce(hints[key], field_value)
+            except (ValueError, TypeError):
+                inner = hints[key]
+                if typing.get_origin(inner) in (Union, types.UnionType):  # X | None
+                    inner = next(a for a in typing.get_args(inner) if a is not type(None))
+                if dataclasses.is_dataclass(inner) and isinstance(field_value, dict):
+                    deeper = _where_wrong(list[inner], [field_value], f"{here}.{key}")  # type: ignore[valid-type]
+                    if deeper is not None:
+                        return deeper.replace(f"{here}.{key}[0]", f"{here}.{key}", 1)
+                return f"{here}.{key} has value {field_value!r}; expected {_describe(inner)}"
+        try:
+            _coerce(item, entry)
+        except (ValueError, TypeError):  # a field it needs is missing
+            needed = [
+                f.name
+                for f in dataclasses.fields(item)
+                if f.name not in entry
+                and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING
+            ]
+            return f"{here} has value {entry!r}; expected the fields {', '.join(needed)}"
+    return None
 
 
 def _apply_env(source_env: Mapping[str, str], data: dict[str, dict[str, Any]]) -> None:
@@ -926,7 +971,7 @@ def _validate_webhooks(src: str, w: WebhooksSettings) -> None:
             raise ConfigError(f"{src}: webhooks.{key} has value {value:g}; expected {expect}")
     for i, e in enumerate(w.endpoints):
         where = f"{src}: webhooks.endpoints[{i}]"
-        if not e.url.startswith(("http://", "https://")):
+        if not _http_url(e.url):
             raise ConfigError(
                 f"{where}.url has value {e.url!r}; expected an http:// or https:// URL"
             )

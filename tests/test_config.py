@@ -77,6 +77,18 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
         ("server: [1]\n", "server has value [1]; expected a mapping"),
         ("- 1\n", "the file must hold a mapping"),
         ("server:\n  port: [\n", "not valid YAML at line"),
+        # an entry of a list of mappings: which entry, which field
+        ("rooms:\n  rules:\n    - {match: 'a*', presense: true}\n", "rooms.rules[0].presense is"),
+        (
+            "rooms:\n  rules:\n    - {match: a}\n    - {match: 'b*', history: {size: x}}\n",
+            "rooms.rules[1].history.size has value 'x'; expected a whole number",
+        ),
+        ("rooms:\n  rules:\n    - {presence: true}\n", "expected the fields match"),
+        (
+            "webhooks:\n  endpoints:\n"
+            "    - {url: 'http://a b/', secret: s, events: [room-vacated]}\n",
+            "webhooks.endpoints[0].url has value 'http://a b/'",
+        ),
         (
             "broker:\n  type: redis-cluster\n"
             "rooms:\n  rules:\n    - {match: 'a*', presence: true}\n",
