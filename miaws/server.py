@@ -37,7 +37,8 @@ DRAIN_STEP = 0.1  # seconds between two batches of a drain (shutdown.drain_secon
 
 class Server:
     """One node: its :class:`Service` (plugins, broker, dispatcher), Tornado application and
-    HTTP server.  ``config_path`` and ``port_override`` are what a reload re-reads."""
+    HTTP server.  ``config_path``, ``port_override`` and ``host_override`` are what a
+    reload re-reads."""
 
     def __init__(
         self,
@@ -45,6 +46,7 @@ class Server:
         *,
         config_path: Path | None = None,
         port_override: int | None = None,
+        host_override: str | None = None,
         clock: Clock | None = None,
         reuse_port: bool = False,
     ) -> None:
@@ -52,6 +54,7 @@ class Server:
         self.reuse_port = reuse_port  # a worker of ``--workers``: the port is shared
         self.config_path = config_path
         self.port_override = port_override
+        self.host_override = host_override
         self.clock = clock
         self.service: Service | None = None
         self.app: tornado.web.Application | None = None
@@ -68,6 +71,7 @@ class Server:
         nofile = accept.raise_nofile_limit()
         service.derived_max_connections = accept.connection_cap(nofile)
         service.config_path, service.port_override = self.config_path, self.port_override
+        service.host_override = self.host_override
         service.broker.read_with(run_corked)  # messages from other nodes: corked writes
         await service.broker.start()
         await service.presence.start()

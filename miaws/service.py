@@ -73,6 +73,7 @@ class Service:
         self.socketio: Any = None  # the SocketIOBridge when Socket.IO is enabled
         self.config_path: Path | None = None  # what a reload re-reads (None: defaults)
         self.port_override: int | None = None  # `serve --port`, kept across reloads
+        self.host_override: str | None = None  # `serve --host`, likewise
         # The cap when limits.max_connections is 0: derived from the descriptor limit by
         # Server.start (miaws.transport.accept.connection_cap); 0: none.
         self.derived_max_connections = 0

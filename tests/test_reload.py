@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tornado.httpclient
 import yaml
 from conftest import Connect
+from helpers import ServerProcess
+from http_backend import TestBackend, reply
 from test_metrics import scrape
 
 from miaws.cli.check import Peer, expect_error, expect_type
@@ -215,24 +218,120 @@ async def test_plugin_failing_at_startup_is_refused(
     expect_type(await peer.request({"type": "echo", "message": 1}), "echo")
 
 
-async def test_reload_applies_room_rules_from_the_next_join(
-    http_server_client: Any, ws_connect: Connect, config_file: Path
+async def test_room_rules_need_a_restart(
+    http_server_client: Any, ws_connect: Connect, service: Service, config_file: Path
 ) -> None:
-    """rooms.rules given presence for team:* (#18): a room joined after the reload answers
-    presence; a history change of a rule is reported as needing a restart."""
+    """rooms.rules giving presence and join_leave to team:* (#4): reported as needing a
+    restart, not applied, so a room with members never answers presence without them."""
     peer = await ws_connect()
     expect_type(await peer.request({"type": "join-room", "room": "team:1"}), "room-joined")
-    expect_error(await peer.request({"type": "presence", "room": "team:1"}), "forbidden")
-    rules = [{"match": "team:*", "presence": True, "history": {"size": 5, "ttl": 60}}]
-    write_config(config_file, plugins={"enabled": ALL}, rooms={"rules": rules})
+    rules = [{"match": "team:*", "presence": True, "join_leave": True}]
+    write_config(config_file, plugins={"enabled": ALL}, rooms={"rules": rules, "leave_delay": 0})
     status, body = await reload(http_server_client)
-    assert status == 200 and body["applied"] == ["rooms.rules"]
-    assert body["restartRequired"] == ["rooms.rules (history)"]
+    assert (status, body["applied"]) == (200, ["rooms.leave_delay"])
+    assert body["restartRequired"] == ["rooms.rules"]
     other = await ws_connect()
-    expect_type(await other.request({"type": "join-room", "room": "team:2"}), "room-joined")
-    reply = await other.request({"type": "presence", "room": "team:2"})
-    expect_type(reply, "presence", count=1)
-    assert reply["members"][0]["clientId"] == other.welcome["clientId"]
-    # the room joined before the reload: presence answers, from its next join on
-    reply = await peer.request({"type": "presence", "room": "team:1"})
-    expect_type(reply, "presence", count=0)
+    for client, room in ((peer, "team:1"), (other, "team:2")):
+        await client.request({"type": "join-room", "room": room})
+        expect_error(await client.request({"type": "presence", "room": room}), "forbidden")
+    assert service.settings.rooms.rules == [] and service.settings.rooms.leave_delay == 0
+
+
+def keyed(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.mark.config({"api": {"keys": ["old"]}})
+@pytest.mark.parametrize(
+    "limits",
+    [{"messages_per_second": float("inf")}, {"messages_per_second": 10, "burst": 10**400}],
+    ids=["inf-rate", "huge-burst"],
+)
+async def test_a_file_that_cannot_be_applied_is_refused_and_changes_nothing(
+    http_server_client: Any,
+    ws_connect: Connect,
+    service: Service,
+    config_file: Path,
+    caplog: pytest.LogCaptureFixture,
+    limits: dict[str, Any],
+) -> None:
+    """New api.keys plus limits the rate limiter cannot be built from (#1): 422 refused with
+    the reason, one refusal line; the old key still works, the new one does not."""
+    caplog.set_level(logging.INFO, "miaws")
+    peer = await ws_connect()
+    write_config(config_file, api={"keys": ["new"]}, limits=limits, plugins={"enabled": ALL})
+    response = await http_server_client.fetch(
+        "/api/reload", method="POST", body="", headers=keyed("old"), raise_error=False
+    )
+    body = json.loads(response.body)
+    assert (response.code, body["status"], body["applied"]) == (422, "refused", [])
+    assert "limits.messages_per_second" in body["error"] and "Traceback" not in body["error"]
+    (line,) = [r for r in caplog.records if r.name == "miaws" and "reload" in r.getMessage()]
+    assert line.getMessage().startswith("config reload refused, running configuration kept")
+    for key, code in (("old", 200), ("new", 403)):
+        got = await http_server_client.fetch("/api/rooms", headers=keyed(key), raise_error=False)
+        assert got.code == code, key
+    for n in range(20):  # no rate limit came in either
+        expect_type(await peer.request({"type": "echo", "message": n}), "echo")
+
+
+async def test_reload_adds_changes_and_removes_the_join_backend(
+    http_server_client: Any,
+    ws_connect: Connect,
+    config_file: Path,
+    backend: TestBackend,
+) -> None:
+    """rooms.join_proxy_url set, changed and removed by reloads (#2): the next join of an
+    open connection asks the new backend, or none."""
+    backend.route("/deny", reply({"reason": "members only"}, 403))
+    backend.route("/allow", reply(status=204))
+    peer = await ws_connect()
+
+    async def join_after(url: str | None, room: str) -> dict[str, Any]:
+        write_config(config_file, plugins={"enabled": ALL}, rooms={"join_proxy_url": url})
+        status, body = await reload(http_server_client)
+        assert (status, body["applied"]) == (200, ["rooms.join_proxy_url"])
+        assert body["restartRequired"] == []
+        answer: dict[str, Any] = await peer.request({"type": "join-room", "room": room})
+        return answer
+
+    expect_error(await join_after(f"{backend.url}/deny", "a"), "forbidden", message="members only")
+    expect_type(await join_after(f"{backend.url}/allow", "b"), "room-joined", room="b")
+    expect_type(await join_after(None, "c"), "room-joined", room="c")
+    assert [s.body["room"] for s in backend.seen] == ["a", "b"]
+
+
+async def test_reload_keeps_the_host_given_on_the_command_line(tmp_path: Path) -> None:
+    """`serve --host 127.0.0.1` with a file naming no host (#3): a reload needs no restart."""
+    server = ServerProcess(
+        "logging:\n  level: info\n", tmp_path, extra_args=["--host", "127.0.0.1"]
+    )
+    try:
+        server.wait_ready()
+        cfg = tmp_path / f"config-{server.port}.yaml"
+        cfg.write_text("logging:\n  level: info\nplugins:\n  enabled: [ping, echo]\n")
+        response = await tornado.httpclient.AsyncHTTPClient().fetch(
+            f"{server.http}/api/reload", method="POST", body=""
+        )
+        body = json.loads(response.body)
+        assert (body["applied"], body["restartRequired"]) == (["plugins.enabled"], [])
+    finally:
+        server.stop()
+
+
+async def test_sighup_with_a_file_that_cannot_be_applied_logs_the_refusal(
+    server_process: Any,
+) -> None:
+    """SIGHUP with limits the rate limiter cannot be built from (#1): the refusal line, no
+    traceback, and the node keeps serving."""
+    server = server_process("server:\n  host: 127.0.0.1\n")
+    peer = await Peer.connect(server.url)
+    try:
+        cfg = next(Path(server.log_path).parent.glob(f"config-{server.port}.yaml"))
+        cfg.write_text("limits:\n  messages_per_second: 10\n  burst: 1" + "0" * 400 + "\n")
+        server.proc.send_signal(signal.SIGHUP)
+        out = await wait_for(server, "config reload refused, running configuration kept")
+        assert "limits.messages_per_second" in out and "Traceback" not in out
+        expect_type(await peer.request({"type": "echo", "message": 1}), "echo")
+    finally:
+        peer.conn.close(1000, "bye")

@@ -93,7 +93,8 @@ class PresenceTracker:
     def configure(
         self, rules: RoomRules, leave_delay: float, cap: int, webhook_events: frozenset[str]
     ) -> None:
-        """New rules (a reload): they apply to rooms from their next join."""
+        """Set the rules (a reload keeps them: they need a restart), the leave delay (for
+        leaves from now on), the reply cap and the webhook events."""
         self.rules = rules
         self.leave_delay = leave_delay
         self.cap = cap

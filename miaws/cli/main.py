@@ -53,6 +53,7 @@ async def serve(
     path: Path | None = None,
     port_override: int | None = None,
     worker: tuple[int, int] | None = None,
+    host_override: str | None = None,
 ) -> None:
     """Run one node until SIGTERM or SIGINT (SIGHUP reloads the config).  A worker (index,
     count) of ``--workers`` shares the port (SO_REUSEPORT) and stops when its supervisor
@@ -61,7 +62,11 @@ async def serve(
     from miaws.server import Server
 
     server = Server(
-        settings, config_path=path, port_override=port_override, reuse_port=worker is not None
+        settings,
+        config_path=path,
+        port_override=port_override,
+        host_override=host_override,
+        reuse_port=worker is not None,
     )
     await server.start()
     stop = asyncio.Event()
@@ -121,7 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         setup_logging(settings)
         if worker is None and workers > 1:
             return _supervise(settings, workers, path, args)
-        asyncio.run(serve(settings, path, args.port, worker))
+        asyncio.run(serve(settings, path, args.port, worker, args.host or None))
     except ConfigError as exc:
         print(f"miaws: {exc}", file=sys.stderr)
         return 2

@@ -149,8 +149,8 @@ class Dispatcher:
     @limits.setter
     def limits(self, limits: Limits) -> None:
         """``limits.*`` for rates and rooms; swapping them takes effect from the next message."""
+        self.limiter = RateLimiter.from_settings(limits)  # first: a failure changes nothing
         self._limits = limits
-        self.limiter = RateLimiter.from_settings(limits)
         self._room_limits = (limits.max_rooms_per_client, limits.max_room_members)
 
     @property
