@@ -202,10 +202,16 @@ class Service:
         limit (0: none)."""
         return self.settings.limits.max_connections or self.derived_max_connections
 
-    def at_capacity(self) -> bool:
-        """True when :meth:`max_connections` is reached: refuse the next client (1013)."""
+    def at_capacity(self, connection: str | None = None) -> bool:
+        """True when :meth:`max_connections` is reached: refuse the next client (1013).
+
+        The cap counts transport connections, not clients: a client on a connection that
+        has one registered already (connection: a Socket.IO client's Engine.IO session,
+        joining a second namespace) is not refused by it."""
         limit = self.max_connections()
-        return limit > 0 and self.local.count() >= limit
+        if limit <= 0 or self.local.connections() < limit:
+            return False
+        return connection is None or not self.local.has_connection(connection)
 
     def new_client_id(self) -> str:
         return self.clock.new_client_id()
@@ -241,7 +247,12 @@ class Service:
 
     # ------------------------------------------------------------ registry views
     def connected_count(self) -> int:
+        """Clients of this node (a Socket.IO connection once per namespace it joined)."""
         return self.local.count()
+
+    def connection_count(self) -> int:
+        """Transport connections of this node (what ``limits.max_connections`` caps)."""
+        return self.local.connections()
 
     def clients_info(self) -> list[dict[str, Any]]:
         return [c.info() for c in self.local.clients()]

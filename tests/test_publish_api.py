@@ -7,8 +7,12 @@ from typing import Any
 
 import pytest
 from conftest import Connect
+from redis_server import RedisServer
+from sio_helpers import SioPeer
+from test_scaling import Start
+from tornado.httpclient import AsyncHTTPClient
 
-from miaws.cli.check import expect_type
+from miaws.cli.check import Peer, expect_type
 
 
 async def call(
@@ -58,6 +62,9 @@ async def test_publish_to_a_room(http_server_client: Any, ws_connect: Connect) -
         (b'{"room": "bad room", "message": 1}', "invalid room name"),
         (b'{"room": 5, "message": 1}', "invalid room name"),
         (b'{"message": 1, "rooms": ["a"]}', "unknown field(s): rooms"),
+        (b'{"message": 1, "namespace": "/nope"}', "unknown namespace '/nope'"),
+        (b'[{"message": 1}, {"message": 1, "namespace": 5}]', "[1]: unknown namespace 5"),
+        (b'{"room": "/chat#r", "message": 1}', "namespace '/chat': send \"namespace\""),
     ],
 )
 async def test_publish_bad_input_is_400(
@@ -115,3 +122,90 @@ def test_empty_api_key_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="api.keys has an empty key"):
         build_settings({"api": {"keys": ["ok", " "]}}, environ={})
+
+
+CHAT = {"socketio": {"namespaces": ["/", "/chat"]}}
+
+
+@pytest.mark.config(CHAT)
+async def test_publish_to_a_namespace_and_its_rooms(
+    http_server_client: Any, ws_connect: Connect, port: int
+) -> None:
+    """``namespace`` picks the Socket.IO namespace: with a room, that namespace's room (not
+    the native room of the same name); without one, that namespace's clients.  Default
+    ``/`` with a room; neither: everyone.  In a batch under an Idempotency-Key too (#19)."""
+    native = await ws_connect()
+    await native.request({"type": "join-room", "room": "news"})
+    chat = await SioPeer.connect(f"http://127.0.0.1:{port}", "/chat")
+    try:
+        assert (await chat.call("join-room", {"room": "news"}))["type"] == "room-joined"
+        await chat.recv()  # the room-joined event
+
+        async def publish(body: Any, recipients: Any, **headers: str) -> None:
+            response = await http_server_client.fetch(
+                "/api/publish", method="POST", body=json.dumps(body), headers=headers
+            )
+            assert json.loads(response.body) == recipients
+
+        async def chat_got(message: Any, **room: str) -> None:
+            event, payload = await chat.recv()
+            assert event == "broadcast"
+            expect_type(payload, "broadcast", message=message, **{"from": "server"}, **room)
+
+        await publish({"room": "news", "namespace": "/chat", "message": 1}, {"recipients": 1})
+        await chat_got(1, room="news")
+        await publish({"namespace": "/chat", "message": 2}, {"recipients": 1})
+        await chat_got(2)
+        await native.expect_silence(0.2)
+        await publish({"room": "news", "message": 3}, {"recipients": 1})
+        expect_type(await native.recv(), "broadcast", message=3, room="news")
+        await publish({"namespace": "/", "message": 4}, {"recipients": 1})
+        expect_type(await native.recv(), "broadcast", message=4)
+        await chat.expect_silence(0.2)
+        await publish({"message": 5}, {"recipients": 2})
+        await chat_got(5)
+        expect_type(await native.recv(), "broadcast", message=5)
+        batch = [
+            {"room": "news", "namespace": "/chat", "message": 6},
+            {"room": "news", "namespace": "/", "message": 7},
+        ]
+        for _ in range(2):
+            await publish(batch, {"results": [{"recipients": 1}] * 2}, **{"Idempotency-Key": "b"})
+        await chat_got(6, room="news")
+        expect_type(await native.recv(), "broadcast", message=7, room="news")
+        await chat.expect_silence(0.2)
+        await native.expect_silence(0.2)
+    finally:
+        await chat.close()
+
+
+async def test_publish_to_a_namespace_room_on_another_node(
+    server_process: Start, redis_server: RedisServer
+) -> None:
+    """Two nodes on one redis-server: a publish to node a for room news of /chat reaches the
+    /chat member on node b, not b's native member of news (#19)."""
+    config = (
+        "server:\n  host: 127.0.0.1\n"
+        f"broker:\n  type: redis\n  url: {redis_server.url}\n"
+        'socketio:\n  namespaces: ["/", "/chat"]\n'
+    )
+    a, b = (server_process(config, env={"REDIS_URL": ""}) for _ in range(2))
+    native = await Peer.connect(b.url)
+    chat = await SioPeer.connect(b.http, "/chat")
+    try:
+        expect_type(await native.request({"type": "join-room", "room": "news"}), "room-joined")
+        assert (await chat.call("join-room", {"room": "news"}))["type"] == "room-joined"
+        await chat.recv()  # the room-joined event
+        response = await AsyncHTTPClient().fetch(
+            f"{a.http}/api/publish",
+            method="POST",
+            body=json.dumps({"room": "news", "namespace": "/chat", "message": "far"}),
+        )
+        assert json.loads(response.body) == {"recipients": 0}  # none on node a
+        event, payload = await chat.recv()
+        assert event == "broadcast" and payload["message"] == "far"
+        assert payload["room"] == "news"
+        await native.expect_silence(0.3)
+    finally:
+        await chat.close()
+        native.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -64,6 +65,64 @@ async def test_connection_cap(port: int, ws_connect: Any) -> None:
     """Over limits.max_connections a Socket.IO client is refused (connect_error)."""
     await ws_connect()
     assert "server full" in await refused(port)
+
+
+async def sio_packet(conn: Any, prefix: str) -> str:
+    """The next Socket.IO packet a raw Engine.IO WebSocket gets (Engine.IO pings skipped);
+    AssertionError unless it starts with prefix."""
+    while True:
+        frame = await conn.read_frame()
+        assert frame is not None and frame[0] == 0x1, frame
+        text: str = frame[1].decode()
+        if text != "2":
+            assert text.startswith(prefix), text
+            return text
+
+
+@pytest.mark.config({"limits": {"max_connections": 3}, "socketio": {"namespaces": ["/", "/chat"]}})
+async def test_connection_cap_counts_a_socketio_connection_once(
+    port: int, raw_connect: Any, ws_connect: Any
+) -> None:
+    """limits.max_connections counts connections, native and Engine.IO, each once: a
+    Socket.IO connection in "/" and "/chat" is one of the three, even one that joins
+    "/chat" after the node became full; the fourth connection is refused.  /readyz counts
+    connections, /health clients (#15)."""
+    both = socketio.AsyncClient(reconnection=False)
+    welcomes: list[str] = []
+    for ns in ("/", "/chat"):
+        both.on("welcome", lambda _msg, ns=ns: welcomes.append(ns), namespace=ns)
+    await both.connect(
+        f"http://127.0.0.1:{port}",
+        namespaces=["/", "/chat"],
+        transports=["websocket"],
+        wait_timeout=5,
+    )
+    try:
+        await eventually(lambda: sorted(welcomes) == ["/", "/chat"])
+        native = await ws_connect()  # the second connection
+        expect_type(await native.request({"type": "ping"}), "pong")
+        late = await raw_connect("/socket.io/?EIO=4&transport=websocket")
+        await sio_packet(late, "0{")  # Engine.IO open
+        late.send_text("40")
+        await sio_packet(late, "40{")
+        await sio_packet(late, '42["welcome"')  # the third: the node is full now
+        late.send_text("40/chat,")  # on a connection that is counted already
+        await sio_packet(late, "40/chat,{")
+        await sio_packet(late, '42/chat,["welcome"')
+        assert "server full" in await refused(port)
+        http = tornado.httpclient.AsyncHTTPClient()
+        ready = await http.fetch(f"http://127.0.0.1:{port}/readyz", raise_error=False)
+        assert ready.code == 503
+        assert json.loads(ready.body) == {
+            "ready": False,
+            "reason": "full",
+            "connections": 3,
+            "max_connections": 3,
+        }
+        health = await http.fetch(f"http://127.0.0.1:{port}/health")
+        assert json.loads(health.body)["connections"] == 5  # clients: one per namespace
+    finally:
+        await both.disconnect()
 
 
 @pytest.mark.config({"limits": {"max_queued_bytes": 200_000}})

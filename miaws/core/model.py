@@ -164,6 +164,7 @@ class Client:
         "bucket",
         "connect_info",
         "headers",
+        "connection",
         "__weakref__",
     )
 
@@ -176,9 +177,14 @@ class Client:
         user_agent: str = "",
         connected_at: str = "",
         namespace: str = "/",
+        connection: str = "",
     ) -> None:
         self.client_id = client_id
         self.transport = transport
+        # The transport connection this client is on, what limits.max_connections counts:
+        # its own id for a native client; a Socket.IO client's Engine.IO session id, which
+        # the clients of its other namespaces on that connection share.
+        self.connection = connection or client_id
         self.remote_ip = remote_ip
         self.user_agent = user_agent
         self.connected_at = connected_at

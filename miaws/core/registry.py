@@ -56,6 +56,7 @@ class LocalRegistry:
         self._clients: dict[str, Client] = {}  # client id -> client
         self._namespaces: dict[str, dict[str, Client]] = {}  # namespace -> client id -> client
         self._rooms: dict[str, dict[Client, None]] = {}  # key -> insertion-ordered members
+        self._connections: dict[str, int] = {}  # Client.connection -> its clients here
         self._listeners: tuple[RoomListener, ...] = ()
         self._member_listeners: tuple[MemberListener, ...] = ()
 
@@ -69,12 +70,21 @@ class LocalRegistry:
 
     # ------------------------------------------------------------ clients
     def add(self, client: Client) -> None:
+        if client.client_id not in self._clients:
+            conns = self._connections
+            conns[client.connection] = conns.get(client.connection, 0) + 1
         self._clients[client.client_id] = client
         self._namespaces.setdefault(client.namespace, {})[client.client_id] = client
 
     def remove(self, client: Client) -> None:
         """Forget a client and take it out of every room (empty rooms disappear)."""
-        self._clients.pop(client.client_id, None)
+        if self._clients.pop(client.client_id, None) is not None:
+            conns = self._connections
+            left = conns.get(client.connection, 0) - 1
+            if left > 0:
+                conns[client.connection] = left
+            else:
+                conns.pop(client.connection, None)
         clients = self._namespaces.get(client.namespace)
         if clients is not None:
             clients.pop(client.client_id, None)
@@ -87,7 +97,17 @@ class LocalRegistry:
         return self._clients.get(client_id)
 
     def count(self) -> int:
+        """Clients: a Socket.IO connection counts once per namespace it joined."""
         return len(self._clients)
+
+    def connections(self) -> int:
+        """Transport connections with a client here: a Socket.IO connection counts once,
+        whatever its namespaces (what ``limits.max_connections`` caps)."""
+        return len(self._connections)
+
+    def has_connection(self, connection: str) -> bool:
+        """True when a client on connection (a :attr:`Client.connection`) is registered."""
+        return connection in self._connections
 
     def clients(self) -> Iterable[Client]:
         return list(self._clients.values())

@@ -100,7 +100,7 @@ class ReadyzHandler(JSONHandler):
         reason = "draining" if service.shutting_down else "full" if service.at_capacity() else ""
         body: dict[str, Any] = {
             "ready": not reason,
-            "connections": service.connected_count(),
+            "connections": service.connection_count(),  # what max_connections caps
             "max_connections": service.max_connections(),
         }
         if reason:

@@ -7,7 +7,7 @@ translate each answer into their own wire form::
     before the upgrade   admission.arrive(remote_ip, ...)     -> held address, or Refused(429 | 503)
                          admission.origin(origin, ...)        -> Refused(403) or None
                          admission.identify(headers, query)   -> Identity | None, or Refused(401)
-    at accept            admission.refusal(remote_ip)         -> Refused(1001 | 1013) or None
+    at accept            admission.refusal(remote_ip, ...)    -> Refused(1001 | 1013) or None
                          admission.admit(client, identity)    -> registered, welcomed, hooks told
     while connected      admission.over_queue_cap(q, size)    -> True: call slow_consumer(...)
                          admission.handler_failed(client)     -> traceback logged, close 1011
@@ -271,13 +271,19 @@ class Admission:
         return Refused(401, CloseCode.POLICY_VIOLATION, reason[:120])
 
     # ------------------------------------------------------------ at accept
-    def refusal(self, remote_ip: str, *, transport: str = "ws") -> Refused | None:
-        """The accept-time checks: shutting down (1001), ``limits.max_connections`` (1013)."""
+    def refusal(
+        self, remote_ip: str, *, transport: str = "ws", connection: str | None = None
+    ) -> Refused | None:
+        """The accept-time checks: shutting down (1001), ``limits.max_connections`` (1013).
+
+        connection: the :attr:`~miaws.core.model.Client.connection` the new client will be
+        on when it may have clients already (a Socket.IO client's Engine.IO session): one
+        already counted is not refused by the cap."""
         service = self.service
         if service.shutting_down:
             service.stats.refused[transport, "shutting_down"] += 1
             return Refused(503, CloseCode.GOING_AWAY, "server shutting down")
-        if service.at_capacity():
+        if service.at_capacity(connection):
             self._refuse(
                 "max_connections",
                 f"limits.max_connections ({service.max_connections()})",

@@ -460,7 +460,11 @@ class SocketIOBridge:
             )
             if identity is not None and not isinstance(identity, Identity):
                 identity = await identity  # auth.mode proxy: a backend decides
-            refused = admission.refusal(remote_ip, transport="socket.io")
+            refused = admission.refusal(
+                remote_ip,
+                transport="socket.io",
+                connection=self.sio.manager.eio_sid_from_sid(sid, namespace),
+            )
             if refused is not None:
                 raise refused
         except Refused as exc:
@@ -478,6 +482,7 @@ class SocketIOBridge:
             user_agent=environ.get("HTTP_USER_AGENT", ""),
             connected_at=self.service.clock.timestamp(),
             namespace=namespace,
+            connection=eio_sid,  # limits.max_connections counts it once, whatever namespaces
         )
         self.clients[namespace, sid] = client
         self.by_session[namespace, eio_sid] = client
