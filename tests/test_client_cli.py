@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 
@@ -162,3 +163,26 @@ async def test_listen_retries_429_send_does_not(ws_url: str, ws_connect: Connect
     code, out, err, took = await listener
     assert (code, out, err) == (0, "", ""), err
     assert took >= 2.5  # it connected and listened to the end of --timeout
+
+
+async def test_options_go_anywhere_among_the_positionals(ws_url: str, service: Service) -> None:
+    """send URL --join R JSON (an option between the two positionals) works as JSON last
+    does; send JSON alone still takes the default URL (here: $PORT's)."""
+    broadcast = '{"type":"broadcast","room":"r","message":1}'
+    code, out, err = await miaws("send", ws_url, "--join", "r", broadcast, "--no-reply")
+    assert (code, out, err) == (0, "", "")
+    code, out, err = await miaws("send", "--timeout", "1", ws_url, "--join", "r", broadcast)
+    assert code == 1 and "no reply within 1s" in err and "unrecognized" not in err, err
+    port = ws_url.rsplit(":", 1)[1].split("/")[0]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "miaws",
+        "send",
+        '{"type":"ping"}',
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PORT": port},
+    )
+    out_b, err_b = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0 and json.loads(out_b)["type"] == "pong", err_b

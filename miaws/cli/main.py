@@ -268,6 +268,26 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Intermixed(argparse.ArgumentParser):
+    """A command's parser that takes options anywhere among its positionals:
+    ``send URL --join R JSON`` (plain argparse has ``[url]`` take URL and leaves JSON
+    unrecognized).  ``parse_known_intermixed_args`` calls ``parse_known_args`` itself on
+    Python 3.10-3.11, hence the flag."""
+
+    _inner = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 URL_HELP = (
     "the server: ws://HOST:PORT/ws, http://HOST:PORT or HOST:PORT "
     "(default: ws://127.0.0.1:$PORT/ws, PORT 3001)"
@@ -283,7 +303,9 @@ def parser() -> argparse.ArgumentParser:
         "request failed, 2 bad configuration or usage, 3 (health) the node is degraded.",
     )
     p.add_argument("--version", action="version", version=f"miaws {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Intermixed
+    )
 
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=summary, description=description)
