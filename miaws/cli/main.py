@@ -389,7 +389,9 @@ def parser() -> argparse.ArgumentParser:
         "listen",
         "join rooms and print messages as they come (JSON lines)",
         "Join rooms and print every message as one JSON line as it comes; reconnects and "
-        "re-joins. Exit 1 when --count messages did not arrive in time.",
+        "re-joins. An upgrade refused with HTTP 429 or 5xx is retried; any other refusal "
+        "(401, 403, 404) ends it at once with exit 1, as do no connection within "
+        "min(--timeout, 10) seconds and --count messages not arriving in time.",
     )
     ws_url_argument(li)
     li.add_argument("--room", action="append", default=[], help="room to join (repeatable)")
@@ -399,7 +401,8 @@ def parser() -> argparse.ArgumentParser:
     se = command(
         "send",
         "send one JSON message and print the reply",
-        "Send one JSON message and print the reply. Exit 1 on an error reply or a close.",
+        "Send one JSON message and print the reply. Exit 1 on an error reply, a close, or "
+        "an upgrade the server refused (any HTTP status, said at once).",
     )
     ws_url_argument(se)
     se.add_argument("message", help='the message, e.g. \'{"type":"ping"}\'')
