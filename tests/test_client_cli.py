@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
+import time
 
 import pytest
 from conftest import Connect
@@ -104,3 +106,83 @@ async def test_send_says_in_one_line_when_the_server_closes(ws_url: str) -> None
     code, out, err = await miaws("send", ws_url, json.dumps({"type": "echo", "message": "x" * 200}))
     assert (code, out) == (1, "")
     assert len(err.splitlines()) == 1 and "1009" in err and "Traceback" not in err, err
+
+
+TOKENS = {"auth": {"mode": "token", "tokens": {"t1": "alice"}}}
+
+
+async def timed(*args: str) -> tuple[int, str, str, float]:
+    started = time.monotonic()
+    code, out, err = await miaws(*args)
+    return code, out, err, time.monotonic() - started
+
+
+@pytest.mark.config(TOKENS)
+async def test_a_refused_upgrade_is_one_line_at_once(ws_url: str) -> None:
+    """401 (no token) or 404 (a wrong path): health, check, send and listen each say the
+    status and reason in one line, exit 1, no traceback, without waiting for --timeout."""
+    wrong_path = ws_url.removesuffix("/ws") + "/nope"
+    ping = '{"type":"ping"}'
+    for url, status in ((ws_url, "HTTP 401 Unauthorized"), (wrong_path, "HTTP 404 Not Found")):
+        refused = f"{url} refused the upgrade: {status}"
+        for args in (
+            ("health", url, "--timeout", "5"),
+            ("check", url, "--timeout", "5"),
+            ("send", url, ping, "--timeout", "5"),
+            ("listen", url, "--room", "r", "--timeout", "5"),
+        ):
+            code, out, err, took = await timed(*args)
+            shown = (out + err).strip().splitlines()
+            assert code == 1 and "Traceback" not in err, (args, out, err)
+            assert len(shown) == 1 and refused in shown[0], (args, out, err)
+            assert took < 3.0, (args, took)
+    code, out, _, _ = await timed("health", ws_url)
+    assert out == (
+        f"FAIL {ws_url} refused the upgrade: HTTP 401 Unauthorized "
+        "(authentication required: no token)\n"
+    )
+    code, out, _ = await miaws("send", f"{ws_url}?token=t1", ping)
+    assert code == 0 and json.loads(out)["type"] == "pong"
+
+
+@pytest.mark.config({"limits": {"max_connections_per_ip": 1}})
+async def test_listen_retries_429_send_does_not(ws_url: str, ws_connect: Connect) -> None:
+    """A 429 (the address's connection cap) may pass: listen retries until it connects;
+    send, a one-shot command, says the refusal at once."""
+    held = await ws_connect()
+    code, out, err, took = await timed("send", ws_url, '{"type":"ping"}')
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert err == (
+        f"miaws: {ws_url} refused the upgrade: HTTP 429 Too Many Requests "
+        "(too many connections from your address)\n"
+    )
+    assert took < 3.0
+    listener = asyncio.ensure_future(timed("listen", ws_url, "--room", "r", "--timeout", "3"))
+    await asyncio.sleep(1.0)
+    held.close()
+    code, out, err, took = await listener
+    assert (code, out, err) == (0, "", ""), err
+    assert took >= 2.5  # it connected and listened to the end of --timeout
+
+
+async def test_options_go_anywhere_among_the_positionals(ws_url: str, service: Service) -> None:
+    """send URL --join R JSON (an option between the two positionals) works as JSON last
+    does; send JSON alone still takes the default URL (here: $PORT's)."""
+    broadcast = '{"type":"broadcast","room":"r","message":1}'
+    code, out, err = await miaws("send", ws_url, "--join", "r", broadcast, "--no-reply")
+    assert (code, out, err) == (0, "", "")
+    code, out, err = await miaws("send", "--timeout", "1", ws_url, "--join", "r", broadcast)
+    assert code == 1 and "no reply within 1s" in err and "unrecognized" not in err, err
+    port = ws_url.rsplit(":", 1)[1].split("/")[0]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "miaws",
+        "send",
+        '{"type":"ping"}',
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PORT": port},
+    )
+    out_b, err_b = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0 and json.loads(out_b)["type"] == "pong", err_b

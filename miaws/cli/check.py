@@ -13,11 +13,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from miaws.cli.refusal import refused_text, worth_retrying
 from miaws.core.errors import MiawsError
 
-__all__ = ["Peer", "CheckFailed", "SCENARIOS", "run_health", "run_check"]
+__all__ = ["Peer", "CheckFailed", "Refused", "SCENARIOS", "run_health", "run_check"]
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 CLIENT_ID = re.compile(r"\d{13,}-[a-z0-9]{6,}\Z")
@@ -25,6 +27,23 @@ CLIENT_ID = re.compile(r"\d{13,}-[a-z0-9]{6,}\Z")
 
 class CheckFailed(MiawsError, AssertionError):
     """A scenario saw something the contract does not allow."""
+
+
+class Refused(MiawsError):
+    """``miaws check`` stopped: the server refused an upgrade with a status that retrying
+    will not change (401, 403, 404, ...); results holds the scenarios run before."""
+
+    def __init__(self, text: str, results: list[tuple[str, bool, str]]) -> None:
+        super().__init__(text)
+        self.results = results
+
+
+def refusal(url: str, exc: HTTPClientError) -> str | None:
+    """The one line for a refused upgrade; None for tornado's 599 (no HTTP answer)."""
+    if exc.code == 599:
+        return None
+    body = exc.response.body if exc.response is not None else None
+    return refused_text(url, exc.code, exc.message or "", body)
 
 
 class Peer:
@@ -309,6 +328,8 @@ async def run_health(url: str, timeout: float = 5.0) -> tuple[int, str]:
         expect_type(peer.welcome, "welcome")
         expect_type(await peer.request({"type": "ping"}), "pong")
         peer.close()
+    except HTTPClientError as exc:
+        return FAILED, f"FAIL {refusal(url, exc) or f'{url}: {exc}'}"
     except (CheckFailed, OSError, asyncio.TimeoutError, ValueError) as exc:
         return FAILED, f"FAIL {url}: {exc or type(exc).__name__}"
     ms = (time.monotonic() - started) * 1000
@@ -337,7 +358,9 @@ def _health_status(url: str, timeout: float) -> str | None:
 async def run_check(
     url: str, limit: int = 65536, timeout: float = 5.0
 ) -> list[tuple[str, bool, str]]:
-    """Every scenario against url: (name, passed, detail)."""
+    """Every scenario against url: (name, passed, detail).  Refused when an upgrade is
+    refused for good (the other scenarios would only repeat it); a 429 or 5xx refusal fails
+    that scenario only."""
     results = []
     for name, fn in SCENARIOS:
         peers: list[Peer] = []
@@ -350,6 +373,11 @@ async def run_check(
         try:
             await asyncio.wait_for(fn(connect, limit), timeout * 4)
             results.append((name, True, ""))
+        except HTTPClientError as exc:
+            text = refusal(url, exc)
+            if text is not None and not worth_retrying(exc.code):
+                raise Refused(text, results) from None
+            results.append((name, False, text or str(exc)))
         except (CheckFailed, OSError, asyncio.TimeoutError, ValueError, KeyError) as exc:
             results.append((name, False, str(exc) or type(exc).__name__))
         finally:

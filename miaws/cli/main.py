@@ -194,12 +194,15 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from miaws.cli.check import run_check
+    from miaws.cli.check import Refused, run_check
 
-    results = asyncio.run(run_check(args.url, args.max_message_bytes, args.timeout))
-    width = max(len(name) for name, _, _ in results)
-    for name, passed, detail in results:
-        print(f"{'PASS' if passed else 'FAIL'}  {name.ljust(width)}  {detail}".rstrip())
+    try:
+        results = asyncio.run(run_check(args.url, args.max_message_bytes, args.timeout))
+    except Refused as exc:  # every other scenario would be refused too: one line
+        _print_results(exc.results)
+        print(f"miaws check: {exc}", file=sys.stderr)
+        return 1
+    _print_results(results)
     failed = sum(1 for _, passed, _ in results if not passed)
     print(f"{len(results) - failed} passed, {failed} failed")
     if any(not passed and "1009" in name for name, passed, _ in results):
@@ -209,6 +212,14 @@ def cmd_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0 if failed == 0 else 1
+
+
+def _print_results(results: list[tuple[str, bool, str]]) -> None:
+    from miaws.cli.check import SCENARIOS
+
+    width = max(len(name) for name, _ in SCENARIOS)
+    for name, passed, detail in results:
+        print(f"{'PASS' if passed else 'FAIL'}  {name.ljust(width)}  {detail}".rstrip())
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
@@ -262,6 +273,26 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Intermixed(argparse.ArgumentParser):
+    """A command's parser that takes options anywhere among its positionals:
+    ``send URL --join R JSON`` (plain argparse has ``[url]`` take URL and leaves JSON
+    unrecognized).  ``parse_known_intermixed_args`` calls ``parse_known_args`` itself on
+    Python 3.10-3.11, hence the flag."""
+
+    _inner = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 URL_HELP = (
     "the server: ws://HOST:PORT/ws, http://HOST:PORT or HOST:PORT "
     "(default: ws://127.0.0.1:$PORT/ws, PORT 3001)"
@@ -277,7 +308,9 @@ def parser() -> argparse.ArgumentParser:
         "request failed, 2 bad configuration or usage, 3 (health) the node is degraded.",
     )
     p.add_argument("--version", action="version", version=f"miaws {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Intermixed
+    )
 
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=summary, description=description)
@@ -361,7 +394,9 @@ def parser() -> argparse.ArgumentParser:
         "listen",
         "join rooms and print messages as they come (JSON lines)",
         "Join rooms and print every message as one JSON line as it comes; reconnects and "
-        "re-joins. Exit 1 when --count messages did not arrive in time.",
+        "re-joins. An upgrade refused with HTTP 429 or 5xx is retried; any other refusal "
+        "(401, 403, 404) ends it at once with exit 1, as do no connection within "
+        "min(--timeout, 10) seconds and --count messages not arriving in time.",
     )
     ws_url_argument(li)
     li.add_argument("--room", action="append", default=[], help="room to join (repeatable)")
@@ -371,7 +406,8 @@ def parser() -> argparse.ArgumentParser:
     se = command(
         "send",
         "send one JSON message and print the reply",
-        "Send one JSON message and print the reply. Exit 1 on an error reply or a close.",
+        "Send one JSON message and print the reply. Exit 1 on an error reply, a close, or "
+        "an upgrade the server refused (any HTTP status, said at once).",
     )
     ws_url_argument(se)
     se.add_argument("message", help='the message, e.g. \'{"type":"ping"}\'')
