@@ -57,6 +57,12 @@ async def test_publish_to_a_room(http_server_client: Any, ws_connect: Connect) -
     ("raw", "needle"),
     [
         (b"{not json", "not valid JSON"),
+        # what json.loads takes but a /ws frame could not carry (clients got null)
+        (b'{"message": NaN}', "not valid JSON"),
+        (b'{"message": Infinity}', "not valid JSON"),
+        (b'{"message": 1e999}', "not valid JSON"),
+        (b'{"message": ' + b"[" * 200 + b"]" * 200 + b"}", "not valid JSON"),
+        (b'[{"message": 1}, {"message": -Infinity}]', "not valid JSON"),
         (b"[1, 2]", "JSON object"),
         (b'{"room": "r"}', "message is required"),
         (b'{"room": "bad room", "message": 1}', "invalid room name"),

@@ -38,7 +38,7 @@ from miaws.core.presence import PresenceReader
 from miaws.core.ratelimit import FLOODING, Limits, MessageLimits, RateLimiter
 from miaws.core.stats import Stats
 
-__all__ = ["Dispatcher", "Context", "valid_id", "json_problem"]
+__all__ = ["Dispatcher", "Context", "valid_id", "json_problem", "loads"]
 
 
 def _finite(text: str) -> float:
@@ -105,7 +105,7 @@ def json_problem(value: Any) -> MessageError | None:
 _long_number = re.compile(r"[0-9]{19}").search  # may be an integer beyond 64 bits
 
 
-def _loads(text: str) -> Any:
+def loads(text: str) -> Any:
     """orjson for speed; the strict json decoder for what orjson refuses (NaN, infinities,
     lone surrogates: then invalid-json or the json module's reading) or would turn into a
     float (integers beyond 64 bits), so the result is always the json module's."""
@@ -183,7 +183,7 @@ class Dispatcher:
         """Handle one text frame.  Returns the outgoing messages, or an awaitable of them
         when the handler is async."""
         try:
-            message = _loads(text)
+            message = loads(text)
             if len(text) > _DEEP_TEXT and _too_deep(text, message):
                 raise ValueError("nested too deeply")
         except (ValueError, RecursionError):

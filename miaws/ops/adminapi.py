@@ -5,10 +5,10 @@ Both sit under ``/api/`` and so need the bearer key when keys are configured.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from miaws.core.dispatch import json_problem, loads
 from miaws.core.errors import MiawsError
 from miaws.core.rooms import room_key, split_key, valid_room
 from miaws.ops.httpapi import JSONHandler
@@ -33,14 +33,22 @@ class Publish(NamedTuple):
     payload: dict[str, Any]
 
 
+def _body_json(body: bytes) -> Any:
+    """The body as JSON, held to what a /ws frame could carry (no NaN, infinities or
+    nesting past 128 levels, which json.loads takes and clients would get as null)."""
+    try:
+        data = loads(body.decode())
+    except (ValueError, RecursionError):
+        raise BadRequest("body is not valid JSON") from None
+    if json_problem(data) is not None:
+        raise BadRequest("body is not valid JSON")
+    return data
+
+
 def publish_payload(body: bytes, timestamp: str, namespaces: Sequence[str] = ("/",)) -> Publish:
     """The message of a publish request body; BadRequest if unusable.  namespaces: those a
     ``namespace`` field may name (``socketio.namespaces``; ``/`` always)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise BadRequest("body is not valid JSON") from None
-    return _one_payload(data, timestamp, namespaces)
+    return _one_payload(_body_json(body), timestamp, namespaces)
 
 
 def publish_payloads(
@@ -48,10 +56,7 @@ def publish_payloads(
 ) -> list[Publish] | None:
     """The messages of a batch (a JSON list), in order, or None when body is one object;
     BadRequest naming the first unusable item (nothing is sent then)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise BadRequest("body is not valid JSON") from None
+    data = _body_json(body)
     if not isinstance(data, list):
         return None
     if not data:
