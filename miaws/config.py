@@ -600,6 +600,8 @@ def _coerce(tp: Any, value: Any) -> Any:
             raise ValueError
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > 2**53:  # beyond a double: no count or size means it, and rates overflow
+            raise ValueError
         return value
     if tp in (str, bool) and isinstance(value, tp):
         return value

@@ -130,6 +130,7 @@ def test_bad_env_port() -> None:
         "limits:\n  messages_per_second: .inf\n",
         "limits:\n  connection_rate: .inf\n",
         "shutdown:\n  drain_seconds: .nan\n",
+        "limits:\n  burst: 1" + "0" * 400 + "\n",  # an OverflowError building the limiter
         "broker:\n  type: redis\n  heartbeat: .inf\n",
         "rooms:\n  leave_delay: .inf\n",
         "rooms:\n  rules:\n    - {match: 'a*', history: {size: 3, ttl: .nan}}\n",
