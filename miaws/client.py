@@ -29,12 +29,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.uri import parse_uri
 
-from miaws.core.errors import MiawsError, close_meaning
+from miaws.core.errors import MiawsError, close_meaning, refusal_is_final, refused_upgrade_text
 
-__all__ = ["MiawsClient", "ConnectionLost", "backoff_delay"]
+__all__ = ["MiawsClient", "ConnectionLost", "UpgradeRefused", "backoff_delay"]
 
 log = logging.getLogger("miaws.client")
 
@@ -46,6 +46,16 @@ RecoveryFailed = Callable[[str, dict[str, Any]], Any]
 class ConnectionLost(MiawsError, ConnectionError):
     """The connection dropped before the request's reply arrived (it may or may not have
     been handled); or the client is closed."""
+
+
+class UpgradeRefused(ConnectionLost):
+    """The server answered the WebSocket upgrade with an HTTP status instead of 101: a
+    limit (429), a draining node (503), or a refusal that retrying will not change (401,
+    403, 404).  ``str()`` is one line with the status, its reason and miaws's own text."""
+
+    def __init__(self, url: str, status: int, reason: str, body: bytes) -> None:
+        self.url, self.status, self.reason = url, status, reason
+        super().__init__(refused_upgrade_text(url, status, reason, body))
 
 
 def backoff_delay(
@@ -69,6 +79,7 @@ class MiawsClient:
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
         open_timeout: float = 10.0,
+        give_up: Callable[[int], bool] = refusal_is_final,
     ) -> None:
         parse_uri(url)  # InvalidURI now rather than a reconnect loop that cannot succeed
         self.url = url
@@ -76,6 +87,9 @@ class MiawsClient:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.open_timeout = open_timeout
+        self.give_up = give_up  # an upgrade refused with a status it says True of ends it
+        self.last_refusal: UpgradeRefused | None = None  # the latest refused upgrade
+        self.refused: UpgradeRefused | None = None  # the refusal that ended the client
         self.client_id: str | None = None
         self.connects = 0  # successful connections so far
         self.duplicates = 0  # room messages dropped as already seen
@@ -95,13 +109,16 @@ class MiawsClient:
     # ------------------------------------------------------------------ lifecycle
     async def connect(self) -> MiawsClient:
         """Start the connection loop and wait (up to ``open_timeout``) for the first welcome.
-        If none comes in time, the client is closed and TimeoutError raised; after the first
-        connection, losses are retried for ever (until :meth:`close`)."""
+        If none comes in time, the client is closed and TimeoutError raised; an upgrade
+        refused with a status ``give_up`` says True of (by default 401, 403, 404, ...: not
+        429 or 5xx) raises :class:`UpgradeRefused` at once.  After the first connection,
+        losses are retried (until :meth:`close`, or such a refusal: then requests and
+        :meth:`recv` raise it and iteration ends)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         try:
             await self._wait_connected(self.open_timeout)
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, UpgradeRefused):
             await self.close()
             raise
         return self
@@ -201,7 +218,7 @@ class MiawsClient:
         message = await asyncio.wait_for(self._queue.get(), timeout)
         if message is None:
             self._queue.put_nowait(None)  # keep later readers ending too
-            raise ConnectionLost("client closed")
+            raise self.refused or ConnectionLost("client closed")
         return message
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
@@ -220,11 +237,24 @@ class MiawsClient:
         return message
 
     async def _wait_connected(self, timeout: float) -> ClientConnection:
+        if self.refused is not None:
+            raise self.refused
         if self._closed:
             raise ConnectionLost("client closed")
         if self._task is None:
             raise ConnectionLost("not connected: call connect() first")
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        if not self._connected.is_set():  # until connected, or the loop ends refused
+            waiter = asyncio.ensure_future(self._connected.wait())
+            try:
+                await asyncio.wait(
+                    {waiter, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                waiter.cancel()
+            if self.refused is not None:
+                raise self.refused
+            if not self._connected.is_set():
+                raise asyncio.TimeoutError
         assert self._ws is not None
         return self._ws
 
@@ -242,6 +272,17 @@ class MiawsClient:
             except ConnectionClosed as exc:
                 log.debug("connection to %s lost: %r", self.url, exc)
                 self.last_close = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else None
+            except InvalidStatus as exc:
+                r = exc.response
+                self.last_refusal = UpgradeRefused(
+                    self.url, r.status_code, r.reason_phrase, bytes(r.body or b"")
+                )
+                log.debug("%s", self.last_refusal)
+                if self.give_up(r.status_code):
+                    self.refused = self.last_refusal
+                    self._fail_pending()
+                    self._queue.put_nowait(None)  # iteration ends
+                    return
             except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
                 log.debug("connection to %s lost: %r", self.url, exc)
             finally:

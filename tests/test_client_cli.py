@@ -186,3 +186,20 @@ async def test_options_go_anywhere_among_the_positionals(ws_url: str, service: S
     )
     out_b, err_b = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0 and json.loads(out_b)["type"] == "pong", err_b
+
+
+@pytest.mark.config(TOKENS)
+async def test_the_client_library_says_a_refusal_at_once(ws_url: str) -> None:
+    """MiawsClient.connect() raises UpgradeRefused with the status at once for a 401 (not a
+    TimeoutError after open_timeout); with a token it connects."""
+    from miaws.client import MiawsClient, UpgradeRefused
+
+    client = MiawsClient(ws_url, open_timeout=5)
+    started = time.monotonic()
+    with pytest.raises(UpgradeRefused) as info:
+        await client.connect()
+    assert time.monotonic() - started < 2.0
+    assert info.value.status == 401 and "HTTP 401" in str(info.value)
+    assert client.last_refusal is info.value
+    async with MiawsClient(f"{ws_url}?token=t1", open_timeout=5) as ok:
+        assert (await ok.request({"type": "ping"}))["type"] == "pong"

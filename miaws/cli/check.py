@@ -16,8 +16,7 @@ from typing import Any
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from miaws.cli.refusal import refused_text, worth_retrying
-from miaws.core.errors import MiawsError
+from miaws.core.errors import MiawsError, refusal_is_final, refused_upgrade_text
 
 __all__ = ["Peer", "CheckFailed", "Refused", "SCENARIOS", "run_health", "run_check"]
 
@@ -43,7 +42,7 @@ def refusal(url: str, exc: HTTPClientError) -> str | None:
     if exc.code == 599:
         return None
     body = exc.response.body if exc.response is not None else None
-    return refused_text(url, exc.code, exc.message or "", body)
+    return refused_upgrade_text(url, exc.code, exc.message or "", body)
 
 
 class Peer:
@@ -375,7 +374,7 @@ async def run_check(
             results.append((name, True, ""))
         except HTTPClientError as exc:
             text = refusal(url, exc)
-            if text is not None and not worth_retrying(exc.code):
+            if text is not None and refusal_is_final(exc.code):
                 raise Refused(text, results) from None
             results.append((name, False, text or str(exc)))
         except (CheckFailed, OSError, asyncio.TimeoutError, ValueError, KeyError) as exc:

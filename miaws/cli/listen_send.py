@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
-from websockets.exceptions import InvalidStatus
-
-from miaws.cli.refusal import refused_text, worth_retrying
-from miaws.client import ConnectionLost, MiawsClient
+from miaws.client import ConnectionLost, MiawsClient, UpgradeRefused
 from miaws.core.model import encode_json
 
 __all__ = ["listen", "send_one"]
@@ -29,73 +24,19 @@ def _err(text: str) -> None:
     print(f"miaws: {text}", file=sys.stderr, flush=True)
 
 
-class _Refusals(logging.Filter):
-    """Sees the upgrades the server refuses with an HTTP status.  MiawsClient retries every
-    failed attempt and reports it only in a debug record that carries the exception, so
-    this filter on its logger reads that (and passes on what would have shown anyway)."""
-
-    def __init__(self, url: str, give_up: Callable[[int], bool]) -> None:
-        super().__init__()
-        self.url = url
-        self.give_up = give_up
-        self.last: str | None = None  # the latest refusal, as one line
-        self.final = asyncio.Event()  # set on a refusal give_up(status) says not to retry
-        self._logger = logging.getLogger("miaws.client")
-        self._level = self._logger.level
-        self._shown = self._logger.getEffectiveLevel()
-
-    def __enter__(self) -> _Refusals:
-        self._logger.addFilter(self)
-        self._logger.setLevel(logging.DEBUG)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._logger.removeFilter(self)
-        self._logger.setLevel(self._level)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        for arg in record.args if isinstance(record.args, tuple) else ():
-            if isinstance(arg, InvalidStatus):
-                r = arg.response
-                self.last = refused_text(self.url, r.status_code, r.reason_phrase, r.body)
-                if self.give_up(r.status_code):
-                    self.final.set()
-        return record.levelno >= self._shown
-
-    async def until_final(self) -> str:
-        await self.final.wait()
-        assert self.last is not None
-        return self.last
-
-
-async def _first(aw: Any, refusals: _Refusals) -> tuple[bool, Any]:
-    """(True, aw's result) or (False, the refusal line) when a final refusal comes first;
-    aw's exceptions propagate."""
-    main = asyncio.ensure_future(aw)
-    refused = asyncio.ensure_future(refusals.until_final())
-    try:
-        await asyncio.wait({main, refused}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        refused.cancel()
-    if main.done():
-        return True, main.result()
-    main.cancel()
-    await asyncio.gather(main, return_exceptions=True)
-    return False, refused.result()
-
-
-async def _connect(url: str, timeout: float, refusals: _Refusals, **kw: Any) -> MiawsClient | None:
+async def _connect(url: str, timeout: float, **kw: Any) -> MiawsClient | None:
+    """A connected client, or None after one line saying why not (an upgrade refused
+    for good is said at once; a 429 or 5xx one as the last attempt of the timeout)."""
     client = MiawsClient(url, open_timeout=timeout, **kw)
     try:
-        connected, value = await _first(client.connect(), refusals)
+        await client.connect()
+    except UpgradeRefused as exc:
+        _err(str(exc))
+        return None
     except (asyncio.TimeoutError, ConnectionLost):
         await client.close()
-        last = f": the last attempt: {refusals.last}" if refusals.last else ""
+        last = f": the last attempt: {client.last_refusal}" if client.last_refusal else ""
         _err(f"cannot connect to {url} within {timeout:g}s{last}")
-        return None
-    if not connected:
-        await client.close()
-        _err(value)
         return None
     return client
 
@@ -116,20 +57,7 @@ async def listen(url: str, rooms: list[str], count: int | None, timeout: float |
     def lost(room: str, reply: dict[str, Any]) -> None:
         _err(f"room {room}: missed messages could not be recovered ({encode_json(reply)})")
 
-    with _Refusals(url, lambda status: not worth_retrying(status)) as refusals:
-        return await _listen(url, rooms, count, timeout, deadline, lost, refusals)
-
-
-async def _listen(
-    url: str,
-    rooms: list[str],
-    count: int | None,
-    timeout: float | None,
-    deadline: float | None,
-    lost: Callable[[str, dict[str, Any]], None],
-    refusals: _Refusals,
-) -> int:
-    client = await _connect(url, min(timeout or 10.0, 10.0), refusals, on_recovery_failed=lost)
+    client = await _connect(url, min(timeout or 10.0, 10.0), on_recovery_failed=lost)
     if client is None:
         return 1
     try:
@@ -143,11 +71,11 @@ async def _listen(
         while count is None or seen < count:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                got, message = await _first(client.recv(left), refusals)
+                message = await client.recv(left)
             except asyncio.TimeoutError:
                 break
-            if not got:  # a reconnect refused for good (a revoked token, say)
-                _err(message)
+            except UpgradeRefused as exc:  # a reconnect refused for good (a revoked token)
+                _err(str(exc))
                 return 1
             print(encode_json(message), flush=True)
             seen += 1
@@ -174,8 +102,7 @@ async def send_one(
     if not isinstance(message, dict):
         _err("the message must be a JSON object")
         return 2
-    with _Refusals(url, lambda status: True) as refusals:  # one shot: say any refusal
-        client = await _connect(url, timeout, refusals)
+    client = await _connect(url, timeout, give_up=lambda status: True)  # one shot: say any
     if client is None:
         return 1
     try:

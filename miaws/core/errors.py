@@ -42,6 +42,8 @@ __all__ = [
     "RateLimited",
     "Forbidden",
     "BackendError",
+    "refused_upgrade_text",
+    "refusal_is_final",
     "BackendTimeout",
     "CloseCode",
     "close_meaning",
@@ -225,3 +227,23 @@ def close_meaning(code: int) -> str:
     if 3000 <= code <= 4999:
         return "application-defined"
     return "unknown"
+
+
+def refused_upgrade_text(url: str, status: int, reason: str, body: bytes | None) -> str:
+    """``URL refused the upgrade: HTTP 401 Unauthorized (authentication required: no token)``:
+    a WebSocket upgrade answered with an HTTP status, as the clients and the CLI say it; the
+    body is added when it is one short line of text (miaws's own refusals), not a page."""
+    text = f"{url} refused the upgrade: HTTP {status} {reason}".rstrip()
+    try:
+        detail = (body or b"").decode().strip()
+    except UnicodeDecodeError:
+        detail = ""
+    if detail and "\n" not in detail and len(detail) <= 200 and not detail.startswith("<"):
+        text += f" ({detail})"
+    return text
+
+
+def refusal_is_final(status: int) -> bool:
+    """Whether retrying an upgrade refused with status is pointless: all but 429 (a
+    connection limit) and 5xx (a draining or failing node), which may pass later."""
+    return not (status == 429 or status >= 500)
