@@ -680,7 +680,9 @@ def _where_wrong(tp: Any, value: Any, path: str) -> str | None:
     return None
 
 
-def _apply_env(source_env: Mapping[str, str], data: dict[str, dict[str, Any]]) -> None:
+def _apply_env(source_env: Mapping[str, str], data: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Put the settings the environment gives into data; {"section.key": VARIABLE} of them."""
+    applied: dict[str, str] = {}
     for name, cls in sections().items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -699,6 +701,8 @@ def _apply_env(source_env: Mapping[str, str], data: dict[str, dict[str, Any]]) -
                         f"{raw!r}; expected {expect}"
                     ) from None
                 data.setdefault(name, {})[f.name] = value
+                applied[f"{name}.{f.name}"] = env
+    return applied
 
 
 def _validate(s: Settings) -> None:
@@ -1062,12 +1066,20 @@ def build_settings(
         if not isinstance(values, Mapping):
             raise ConfigError(f"{source}: {name} has value {values!r}; expected a mapping")
         merged[name] = dict(values)
-    _apply_env(os.environ if environ is None else environ, merged)
+    from_env = _apply_env(os.environ if environ is None else environ, merged)
     built = {
         name: _build_section(source, name, cls, merged.get(name, {})) for name, cls in known.items()
     }
     settings = Settings(**built, source=source)
-    _validate(settings)
+    try:
+        _validate(settings)
+    except ConfigError as exc:  # a value the environment gave is the environment's fault
+        for key, env in from_env.items():
+            if str(exc).startswith(f"{source}: {key} "):
+                raise ConfigError(
+                    str(exc).replace(f"{source}: {key}", f"environment: {env} (for {key})", 1)
+                ) from None
+        raise
     return _resolve_secrets(settings, os.environ if environ is None else environ)
 
 

@@ -112,9 +112,13 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> Non
 
 
 def test_bad_env_port() -> None:
-    """A PORT that is not a number is named as the environment's fault."""
+    """A PORT that is not a number, or not a port, is named as the environment's fault."""
     with pytest.raises(ConfigError, match="environment: PORT .* has value 'abc'"):
         build_settings({}, environ={"PORT": "abc"})
+    with pytest.raises(
+        ConfigError, match=r"^environment: PORT \(for server.port\) has value 70000"
+    ):
+        build_settings({}, source="config.yaml", environ={"PORT": "70000"})
 
 
 @pytest.mark.parametrize(
