@@ -90,9 +90,9 @@ def test_room_untouched_past_ttl_starts_a_new_epoch() -> None:
         ([{"match": "x", "size": 0}], "history.rooms[0]"),
         ([{"match": "x", "ttl": 0}], "history.rooms[0]"),
         ([{"match": "", "size": 3}], "history.rooms[0]"),
-        ([{"match": "x", "size": "big"}], "history.rooms has value"),
-        ([{"match": "x", "sise": 3}], "history.rooms has value"),
-        ([{"size": 3}], "history.rooms has value"),
+        ([{"match": "x", "size": "big"}], "history.rooms[0].size has value 'big'"),
+        ([{"match": "x", "sise": 3}], "history.rooms[0].sise is not a known setting"),
+        ([{"size": 3}], "history.rooms[0] has value {'size': 3}; expected the fields match"),
         ("feed.*", "history.rooms has value"),
     ],
 )
