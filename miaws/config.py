@@ -648,35 +648,43 @@ def _where_wrong(tp: Any, value: Any, path: str) -> str | None:
     if not dataclasses.is_dataclass(item):
         return None
     for i, entry in enumerate(value):
-        here = f"{path}[{i}]"
-        if not isinstance(entry, dict):
-            return f"{here} has value {entry!r}; expected a mapping"
-        hints = typing.get_type_hints(item)
-        for key, field_value in entry.items():
-            if key not in hints:
-                return f"{here}.{key} is not a known setting (known: {', '.join(hints)})"
-            try:
-                _coerce(hints[key], field_value)
-            except (ValueError, TypeError):
-                inner = hints[key]
-                if typing.get_origin(inner) in (Union, types.UnionType):  # X | None
-                    inner = next(a for a in typing.get_args(inner) if a is not type(None))
-                if dataclasses.is_dataclass(inner) and isinstance(field_value, dict):
-                    deeper = _where_wrong(list[inner], [field_value], f"{here}.{key}")  # type: ignore[valid-type]
-                    if deeper is not None:
-                        return deeper.replace(f"{here}.{key}[0]", f"{here}.{key}", 1)
-                return f"{here}.{key} has value {field_value!r}; expected {_describe(inner)}"
+        wrong = _entry_wrong(item, entry, f"{path}[{i}]")
+        if wrong is not None:
+            return wrong
+    return None
+
+
+def _entry_wrong(cls: Any, entry: Any, here: str) -> str | None:
+    """What is wrong with one mapping of dataclass cls at here, naming the field (nested
+    mappings such as a rule's ``history`` are looked into); None when it builds."""
+    if not isinstance(entry, dict):
+        return f"{here} has value {entry!r}; expected a mapping"
+    hints = typing.get_type_hints(cls)
+    for key, field_value in entry.items():
+        if key not in hints:
+            return f"{here}.{key} is not a known setting (known: {', '.join(hints)})"
         try:
-            _coerce(item, entry)
-        except (ValueError, TypeError):  # a field it needs is missing
-            needed = [
-                f.name
-                for f in dataclasses.fields(item)
-                if f.name not in entry
-                and f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING
-            ]
-            return f"{here} has value {entry!r}; expected the fields {', '.join(needed)}"
+            _coerce(hints[key], field_value)
+        except (ValueError, TypeError):
+            inner = hints[key]
+            if typing.get_origin(inner) in (Union, types.UnionType):  # X | None
+                inner = next(a for a in typing.get_args(inner) if a is not type(None))
+            if dataclasses.is_dataclass(inner) and isinstance(field_value, dict):
+                deeper = _entry_wrong(inner, field_value, f"{here}.{key}")
+                if deeper is not None:
+                    return deeper
+            return f"{here}.{key} has value {field_value!r}; expected {_describe(inner)}"
+    try:
+        _coerce(cls, entry)
+    except (ValueError, TypeError):  # a field it needs is missing
+        needed = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in entry
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        return f"{here} has value {entry!r}; expected the fields {', '.join(needed)}"
     return None
 
 

@@ -118,7 +118,7 @@ class Rules(KeyRules[HistoryRoom]):
     def rule(self, key: str) -> HistoryRoom | None:
         """The first rule whose glob matches the room of key, or None (also when that rule
         keeps no history: a room rule without one, :class:`miaws.core.presence.RoomRules`)."""
-        found = self.first(key)
+        found = super().rule(key)
         return found if found is not None and found.size >= 1 else None
 
 

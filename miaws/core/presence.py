@@ -70,9 +70,6 @@ class RoomRule:
 class RoomRules(KeyRules[RoomRule]):
     """``rooms.rules``, matched against the room name of a key, first match wins."""
 
-    def rule(self, key: str) -> RoomRule | None:
-        return self.first(key)
-
     def history_rules(self) -> list[HistoryRoom]:
         """The history part, as the brokers take it.  A rule without history comes out as
         a size-0 :class:`HistoryRoom` (no history), so first-match-wins holds there too."""

@@ -70,7 +70,8 @@ class KeyRules(Generic[R]):
         self.rules = tuple(rules)
         self._cache: dict[str, R | None] = {}
 
-    def first(self, key: str) -> R | None:
+    def rule(self, key: str) -> R | None:
+        """The first rule whose glob matches the room of key, or None."""
         try:
             return self._cache[key]
         except KeyError:
